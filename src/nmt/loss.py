@@ -1,0 +1,40 @@
+"""Token-level cross-entropy over the real (non-padding) target tokens, with optional label smoothing.
+
+For T real target tokens y_t with predicted distributions p_t:
+
+    loss = -(1/T) * sum_t [ (1 - eps) * log p_t(y_t) + (eps / V) * sum_v log p_t(v) ]
+
+which is -(1/T) * sum_t log p_t(y_t) when eps = 0. Padding positions are dropped before the output layer,
+so they contribute nothing to the loss, its gradient, or the log-softmax work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (T, V) against ``targets`` (T,), both real tokens only."""
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+def sequence_loss(
+    model,
+    src_ids: torch.Tensor,
+    tgt_in: torch.Tensor,
+    tgt_out: torch.Tensor,
+    pad_id: int,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, int]:
+    """Teacher-forced loss of a batch: return (mean loss over real target tokens, number of real tokens).
+
+    ``tgt_in`` is the target shifted right (start token first); ``tgt_out`` is the target followed by the
+    end token, padded with ``pad_id``. Both are (B, M).
+    """
+    memory, src_key_padding_mask = model.encode(src_ids)
+    hidden, _ = model.decode(tgt_in, memory, src_key_padding_mask)     # (B, M, d)
+
+    real = tgt_out.ne(pad_id)                                           # (B, M)
+    logits = model.output(hidden[real])                                 # (T, V)
+    return token_cross_entropy(logits, tgt_out[real], label_smoothing), int(real.sum())

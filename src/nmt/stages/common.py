@@ -1,0 +1,22 @@
+"""What every stage entry point shares: logging set-up and loading params.yaml."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from nmt.config import ConfigError, Paths, load_params
+from nmt.data.multi30k import DataError
+
+
+def run_stage(run: Callable, params_path: str = "params.yaml") -> None:
+    """Configure logging, load ``params_path`` and call ``run(cfg, Paths(cwd))``; exit 1 with the message on bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_params(params_path)
+        run(cfg, Paths(Path.cwd()))
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        logging.getLogger("nmt").error("%s", error)
+        sys.exit(1)

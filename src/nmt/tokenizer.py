@@ -1,0 +1,94 @@
+"""SentencePiece subword tokenizer: training and loading, with fixed ids for the special tokens.
+
+Special ids are the same in every model this project trains:
+
+    PAD_ID = 0  "<pad>"   padding, never predicted, masked out of attention and the loss
+    UNK_ID = 1  "<unk>"   pieces outside the vocabulary
+    BOS_ID = 2  "<s>"     start-of-sequence, the first decoder input
+    EOS_ID = 3  "</s>"    end-of-sequence, appended to every source and target
+
+The literal strings "<pad>", "<s>" and "</s>" in input text are plain text: SentencePiece encodes them as
+ordinary pieces, never as these ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sentencepiece as spm
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def train_sentencepiece(
+    sentences: list[str],
+    model_prefix: Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    byte_fallback: bool = False,
+) -> Path:
+    """Train a SentencePiece model on ``sentences`` and return the path of ``<model_prefix>.model``.
+
+    Training is deterministic: every sentence is used (no sampling) in a fixed order, on one thread.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"tokenizer.vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_piece=SPECIAL_TOKENS[PAD_ID],
+        unk_piece=SPECIAL_TOKENS[UNK_ID],
+        bos_piece=SPECIAL_TOKENS[BOS_ID],
+        eos_piece=SPECIAL_TOKENS[EOS_ID],
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        num_threads=1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return Path(f"{model_prefix}.model")
+
+
+class Tokenizer:
+    """A trained SentencePiece model: text to ids and back."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer model {self.model_path} not found; run the tokenizer stage first (dvc repro tokenizer)"
+            )
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(f"{self.model_path} has special ids {ids}, expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Encode sentences to piece ids, without start or end tokens."""
+        return self.sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Decode id lists back to text, ignoring padding, start and end tokens."""
+        special = {PAD_ID, BOS_ID, EOS_ID}
+        return self.sp.decode([[i for i in seq if i not in special] for seq in ids])
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]

@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, the DataModule and the callbacks."""

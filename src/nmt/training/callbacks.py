@@ -1,0 +1,88 @@
+"""Callbacks: per-weight gradient norms, decoded validation samples, and stopping at a target loss."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+from nmt.decoding import translate_sentences
+
+log = logging.getLogger(__name__)
+
+
+class GradNormLogger(L.Callback):
+    """Log the L2 norm of the gradient of every named weight every ``every_n_steps`` optimizer steps.
+
+    Norms are taken before gradient clipping, under the names of ``Transformer.named_weights`` with a
+    ``grad_norm/`` prefix. ``history`` keeps (step, {name: norm}) for the gradient-norm plot.
+    """
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = max(1, every_n_steps)
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps != 0:
+            return
+
+        norms = {}
+        for name, weight in pl_module.model.named_weights().items():
+            if weight.grad is not None:
+                norms[name] = float(torch.linalg.vector_norm(weight.grad.detach().float()))
+        self.history.append((step, norms))
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics({f"grad_norm/{name}": value for name, value in norms.items()}, step=step)
+
+
+class SampleTranslations(L.Callback):
+    """Decode a fixed set of validation sentences greedily at every validation and log them as a text artifact."""
+
+    def __init__(self, sources: list[str], references: list[str], tokenizer, decode_cfg) -> None:
+        self.sources = sources
+        self.references = references
+        self.tokenizer = tokenizer
+        self.decode_cfg = decode_cfg
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.sources:
+            return
+
+        was_training = pl_module.training
+        hypotheses = translate_sentences(
+            pl_module.model,
+            self.tokenizer,
+            self.sources,
+            max_len_a=self.decode_cfg.max_len_a,
+            max_len_b=self.decode_cfg.max_len_b,
+        )
+        pl_module.train(was_training)
+
+        blocks = []
+        for number, (src, ref, hyp) in enumerate(zip(self.sources, self.references, hypotheses), start=1):
+            blocks.append(f"[{number}] source:     {src}\n    reference:  {ref}\n    hypothesis: {hyp}\n")
+        text = f"epoch {trainer.current_epoch}, step {trainer.global_step}\n\n" + "\n".join(blocks)
+        log.info("validation samples at epoch %d:\n%s", trainer.current_epoch, blocks[0])
+        logger = trainer.logger
+        if logger is not None and hasattr(logger, "run_id"):
+            logger.experiment.log_text(logger.run_id, text, f"samples/epoch_{trainer.current_epoch:03d}.txt")
+
+
+class StopAtTargetLoss(L.Callback):
+    """Stop training once an epoch's mean training loss is at or below ``target_loss``."""
+
+    def __init__(self, target_loss: float | None) -> None:
+        self.target_loss = target_loss
+        self.reached_at_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.target_loss is None:
+            return
+        epoch_loss = trainer.callback_metrics.get("train/loss_epoch")
+        if epoch_loss is not None and float(epoch_loss) <= self.target_loss:
+            self.reached_at_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            log.info("training loss %.4f reached target %.4f at epoch %d", float(epoch_loss), self.target_loss,
+                     trainer.current_epoch)

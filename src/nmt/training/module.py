@@ -1,0 +1,93 @@
+"""The LightningModule: teacher-forced training of the Transformer with token-level cross-entropy."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from nmt.loss import sequence_loss
+from nmt.model import ModelConfig, Transformer
+from nmt.tokenizer import PAD_ID
+from nmt.training.schedule import lr_multiplier
+
+log = logging.getLogger(__name__)
+
+
+class TranslationModule(L.LightningModule):
+    """Wrap the Transformer for Lightning; ``cfg`` is the composed config as a plain dict."""
+
+    def __init__(self, cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(cfg)
+        model_config = ModelConfig.from_dict(
+            cfg["model"], src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, pad_id=PAD_ID
+        )
+        self.model = Transformer(model_config)
+        self._val_loss_sum = 0.0
+        self._val_tokens = 0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, n_tokens = sequence_loss(
+            self.model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID, self.cfg.train.label_smoothing
+        )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_tokens)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss_sum, self._val_tokens = 0.0, 0
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, n_tokens = sequence_loss(self.model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID)
+        self._val_loss_sum += float(loss) * n_tokens
+        self._val_tokens += n_tokens
+
+    def on_validation_epoch_end(self) -> None:
+        totals = torch.tensor([self._val_loss_sum, float(self._val_tokens)], dtype=torch.float64)
+        totals = self.all_gather(totals).reshape(-1, 2).sum(dim=0) if self.trainer.world_size > 1 else totals
+        val_loss = float(totals[0] / totals[1].clamp(min=1.0))
+        # Cross-entropy without label smoothing, averaged over every real target token of the split.
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", float(torch.exp(torch.tensor(val_loss))), sync_dist=False)
+
+        train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        log.info(
+            "epoch %d, step %d: val loss %.4f, last epoch's train loss %s",
+            self.current_epoch, self.global_step, val_loss,
+            "n/a" if train_loss is None else f"{float(train_loss):.4f}",
+        )
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        if optim.name == "adam":
+            optimizer = torch.optim.Adam(
+                self.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+            )
+        else:
+            optimizer = torch.optim.SGD(self.parameters(), lr=optim.lr, momentum=0.0, weight_decay=0.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, optim.scheduler, optim.warmup_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_model(checkpoint_path, map_location: str = "cpu") -> tuple[Transformer, dict]:
+    """Load the Transformer and the config it was trained with from a Lightning checkpoint."""
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    model_config = ModelConfig.from_dict(
+        hparams["cfg"]["model"],
+        src_vocab_size=hparams["src_vocab_size"],
+        tgt_vocab_size=hparams["tgt_vocab_size"],
+        pad_id=PAD_ID,
+    )
+    model = Transformer(model_config)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.eval()
+    return model, hparams["cfg"]

@@ -15,8 +15,12 @@ import torch.nn.functional as F
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` (T, V) against ``targets`` (T,), both real tokens only."""
-    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    """Mean cross-entropy of ``logits`` (T, V) against ``targets`` (T,), both real tokens only.
+
+    bf16 and fp16 logits are upcast to float32 first; float64 logits stay float64.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.cross_entropy(logits.to(dtype), targets, label_smoothing=label_smoothing)
 
 
 def sequence_loss(

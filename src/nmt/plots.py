@@ -41,3 +41,29 @@ def plot_grad_norms(history: list[tuple[int, dict[str, float]]], path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
+
+
+def plot_cross_attention(
+    weights: list, source_pieces: list[str], output_pieces: list[str], path: Path, title: str
+) -> None:
+    """Plot encoder-decoder attention as heatmaps, one per decoder layer, averaged over heads.
+
+    ``weights`` holds one (heads, output length, source length) array per layer; rows are output tokens
+    (the token predicted at that step) and columns are source tokens.
+    """
+    layers = len(weights)
+    width = max(4.0, 0.35 * len(source_pieces) + 2)
+    height = max(3.0, 0.3 * len(output_pieces) + 1.5)
+    fig, axes = plt.subplots(1, layers, figsize=(width * layers, height), squeeze=False)
+    for index, (ax, layer_weights) in enumerate(zip(axes[0], weights)):
+        image = ax.imshow(layer_weights.mean(axis=0), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(source_pieces)), source_pieces, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(output_pieces)), output_pieces, fontsize=8)
+        ax.set_title(f"decoder layer {index}")
+        ax.set_xlabel("source token")
+        if index == 0:
+            ax.set_ylabel("output token")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)

@@ -7,8 +7,11 @@ Special ids are the same in every model this project trains:
     BOS_ID = 2  "<s>"     start-of-sequence, the first decoder input
     EOS_ID = 3  "</s>"    end-of-sequence, appended to every source and target
 
-The literal strings "<pad>", "<s>" and "</s>" in input text are plain text: SentencePiece encodes them as
-ordinary pieces, never as these ids.
+The literal strings "<pad>", "<unk>", "<s>" and "</s>" in input text are plain text. SentencePiece never
+matches control symbols in input, and every model has the characters of these strings in its vocabulary
+(``REQUIRED_CHARS``). So they are encoded as ordinary pieces, never as ids 0-3, and decode back exactly.
+Other characters never seen in training become ``<unk>`` (decoded as " ⁇ ") unless the model was trained
+with ``byte_fallback``, which encodes them as UTF-8 byte pieces that decode back exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+# Characters always given a piece, even if the training text lacks them, so that the special strings typed
+# as text (for example "</s>") are encoded as ordinary pieces instead of <unk>.
+REQUIRED_CHARS = "".join(sorted(set("".join(SPECIAL_TOKENS))))
 
 
 def train_sentencepiece(
@@ -34,7 +40,9 @@ def train_sentencepiece(
 ) -> Path:
     """Train a SentencePiece model on ``sentences`` and return the path of ``<model_prefix>.model``.
 
-    Training is deterministic: every sentence is used (no sampling) in a fixed order, on one thread.
+    Training is deterministic: every sentence is used (no sampling) in a fixed order, on one thread, and the
+    model file does not record the folder it was trained in. The characters of ``REQUIRED_CHARS`` are in
+    every model's vocabulary.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"tokenizer.vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
@@ -58,9 +66,26 @@ def train_sentencepiece(
         shuffle_input_sentence=False,
         num_threads=1,
         hard_vocab_limit=False,
+        required_chars=REQUIRED_CHARS,
         minloglevel=2,
     )
-    return Path(f"{model_prefix}.model")
+    model_path = Path(f"{model_prefix}.model")
+    _drop_training_folder(model_path)
+    return model_path
+
+
+def _drop_training_folder(model_path: Path) -> None:
+    """Keep only the file name in the model's stored ``trainer_spec.model_prefix``.
+
+    SentencePiece records the full prefix it was given, and the tokenizer stage trains in a temporary folder
+    with a random name. Without this step the same data would give model files with different bytes.
+    """
+    from sentencepiece import sentencepiece_model_pb2  # needs protobuf, which mlflow already requires
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_path.read_bytes())
+    proto.trainer_spec.model_prefix = model_path.stem
+    model_path.write_bytes(proto.SerializeToString())
 
 
 class Tokenizer:

@@ -37,8 +37,9 @@ class TokenBatchSampler:
     """Yield lists of example positions whose padded size fits ``max_tokens``.
 
     Examples are sorted by length (ties broken randomly), cut into batches, and the batch order is shuffled
-    each epoch from ``seed + epoch``. With ``num_replicas`` > 1 each rank takes every num_replicas-th batch;
-    batches that would leave ranks uneven are dropped so that all ranks run the same number of steps.
+    each epoch from ``seed + epoch``. With ``num_replicas`` > 1 each rank takes every num_replicas-th batch.
+    To give every rank the same number of steps without dropping or repeating a sentence, the largest
+    batches are split in two until the batch count divides evenly.
     """
 
     def __init__(
@@ -60,9 +61,14 @@ class TokenBatchSampler:
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, batches: int) -> None:
+        """Start the next iteration after this rank's first ``batches`` batches of the epoch (mid-epoch resume)."""
+        self._skip = batches
 
     def batches(self) -> list[list[int]]:
         """Return every batch of this epoch, for all ranks."""
@@ -86,15 +92,28 @@ class TokenBatchSampler:
         if self.shuffle:
             rng.shuffle(batches)
         if self.num_replicas > 1:
-            usable = len(batches) - len(batches) % self.num_replicas
-            batches = batches[:usable]
+            batches = split_until_divisible(batches, self.num_replicas)
         return batches
 
     def __iter__(self):
-        yield from self.batches()[self.rank :: self.num_replicas]
+        skip, self._skip = self._skip, 0
+        yield from self.batches()[self.rank :: self.num_replicas][skip:]
 
     def __len__(self) -> int:
         return len(self.batches()) // self.num_replicas
+
+
+def split_until_divisible(batches: list[list[int]], parts: int) -> list[list[int]]:
+    """Split the largest batches in two, in place of themselves, until ``len(batches) % parts == 0``."""
+    batches = list(batches)
+    if sum(len(b) for b in batches) < parts:
+        raise ValueError(f"{sum(len(b) for b in batches)} examples cannot fill {parts} ranks; use fewer devices")
+    while len(batches) % parts:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches[largest]
+        middle = len(batch) // 2
+        batches[largest : largest + 1] = [batch[:middle], batch[middle:]]
+    return batches
 
 
 def pad(sequences: list[list[int]], pad_id: int = PAD_ID) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Greedy autoregressive decoding.
 
 Decoding starts from the start-of-sequence token and appends the most probable token one step at a time,
-until every sentence has produced the end-of-sequence token or the maximum length is reached. The causal
-mask grows with the prefix.
+until every sentence has produced the end-of-sequence token or reached its output limit. The causal
+mask grows with the prefix. Padding and the start token are never chosen (see ``FORBIDDEN_OUTPUT_IDS``).
 
 Two methods give the same tokens:
 - ``cached`` (default) keeps each decoder layer's self-attention keys and values and the encoder-decoder
@@ -12,51 +12,144 @@ Two methods give the same tokens:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
 from nmt.data.batching import pad
+from nmt.decoding.common import Hypothesis, as_output_limits, length_penalty, max_output_lengths, output_log_probs
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+METHODS = ("cached", "textbook")
 
 
 def max_output_length(src_lengths: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int) -> int:
-    """Return the decoding step limit: a * longest source + b, capped by the model's positions."""
+    """Return one step limit for a batch: a * longest source + b, capped by the model's positions.
+
+    Kept for callers that want one limit per batch. ``max_output_lengths`` gives one limit per sentence,
+    which makes an output independent of the other sentences in its batch.
+    """
     return min(int(max_len_a * int(src_lengths.max()) + max_len_b), max_positions - 1)
 
 
+@dataclass
+class GreedyStep:
+    """One greedy step of a batch: the decoder input, its newest logits and the chosen tokens."""
+
+    prefix: torch.Tensor     # (B, t) decoder input of this step: start token, then the earlier choices
+    logits: torch.Tensor     # (B, V) output-layer logits at the newest position
+    log_probs: torch.Tensor  # (B, V) float32 log-probabilities, -inf at the forbidden ids
+    tokens: torch.Tensor     # (B,) chosen ids, PAD for sentences that had already finished
+
+
 @torch.inference_mode()
+def greedy_steps(
+    model,
+    src_ids: torch.Tensor,
+    max_len: int | torch.Tensor,
+    method: str = "cached",
+) -> Iterator[GreedyStep]:
+    """Yield each greedy step for a padded source batch (B, N) until every sentence has finished.
+
+    ``max_len`` is the output limit, one int for the batch or a (B,) tensor with one per sentence. A
+    sentence finishes when it chooses EOS or when it has ``max_len`` output tokens; its later steps hold
+    PAD as the token and zeros as logits and log-probabilities. The cached method also drops finished
+    sentences from the decoded batch (their rows of the memory and cache), so later steps cost less. The
+    textbook method stays the plain reference: the whole batch and prefix run at every step.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; use 'cached' or 'textbook'")
+    batch = src_ids.shape[0]
+    device = src_ids.device
+    limits = as_output_limits(max_len, batch, device)
+    memory, src_key_padding_mask = model.encode(src_ids)
+
+    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)                   # rows still in the decoded batch
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    cache = model.new_cache() if method == "cached" else None
+
+    for step in range(1, int(limits.max()) + 1):
+        step_input = prefix[active, -1:] if cache is not None else prefix[active]
+        hidden, _ = model.decode(step_input, memory, src_key_padding_mask, cache)
+        active_logits = model.output(hidden[:, -1])               # (active rows, V), newest position only
+        active_log_probs = output_log_probs(active_logits)
+        active_tokens = active_log_probs.argmax(dim=-1)
+        active_tokens = active_tokens.masked_fill(finished[active], PAD_ID)   # textbook keeps finished rows
+
+        logits = active_logits.new_zeros(batch, active_logits.shape[-1])
+        logits[active] = active_logits
+        log_probs = active_log_probs.new_zeros(batch, active_log_probs.shape[-1])
+        log_probs[active] = active_log_probs
+        logits[finished], log_probs[finished] = 0.0, 0.0
+        next_token = torch.full((batch,), PAD_ID, dtype=torch.long, device=device)
+        next_token[active] = active_tokens
+        yield GreedyStep(prefix, logits, log_probs, next_token)
+
+        prefix = torch.cat([prefix, next_token[:, None]], dim=1)
+        finished[active] |= active_tokens.eq(EOS_ID) | limits[active].le(step)
+        if bool(finished.all()):
+            break
+        keep = ~finished[active]
+        if cache is not None and not bool(keep.all()):
+            active = active[keep]
+            memory, src_key_padding_mask = memory[keep], src_key_padding_mask[keep]
+            select_cache_rows(cache, keep)
+
+
+def select_cache_rows(cache: list[dict], rows: torch.Tensor) -> None:
+    """Keep only ``rows`` (a boolean mask or index tensor) of every cached key and value tensor, in place."""
+    for layer_cache in cache:
+        for attention_cache in layer_cache.values():
+            for name in ("k", "v"):
+                if name in attention_cache:
+                    attention_cache[name] = attention_cache[name][rows]
+
+
+def greedy_search(
+    model,
+    src_ids: torch.Tensor,
+    max_len: int | torch.Tensor,
+    method: str = "cached",
+    alpha: float = 1.0,
+) -> list[Hypothesis]:
+    """Decode a padded source batch (B, N) greedily and return each output with its log-probability and score.
+
+    The score is the log-probability divided by the GNMT length penalty with exponent ``alpha``.
+    """
+    batch = src_ids.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    log_probs = [0.0] * batch
+    for step in greedy_steps(model, src_ids, max_len, method):
+        chosen = step.tokens.tolist()
+        chosen_log_probs = step.log_probs.gather(1, step.tokens[:, None])[:, 0].tolist()
+        for row, (token, token_log_prob) in enumerate(zip(chosen, chosen_log_probs)):
+            if token != PAD_ID:
+                tokens[row].append(token)
+                log_probs[row] += token_log_prob
+
+    return [
+        Hypothesis(output, log_prob, log_prob / length_penalty(len(output), alpha))
+        for output, log_prob in zip(tokens, log_probs)
+    ]
+
+
 def greedy_decode(
     model,
     src_ids: torch.Tensor,
-    max_len: int,
+    max_len: int | torch.Tensor,
     method: str = "cached",
 ) -> list[list[int]]:
-    """Decode a padded source batch (B, N) and return each output's ids, ending at (and including) EOS if produced."""
-    if method not in ("cached", "textbook"):
-        raise ValueError(f"unknown decoding method {method!r}; use 'cached' or 'textbook'")
-    batch = src_ids.shape[0]
-    memory, src_key_padding_mask = model.encode(src_ids)
+    """Decode a padded source batch (B, N) and return each output's ids, ending at (and including) EOS if produced.
 
-    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=src_ids.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src_ids.device)
-    cache = model.new_cache() if method == "cached" else None
-
-    for _ in range(max_len):
-        step_input = prefix[:, -1:] if cache is not None else prefix
-        hidden, _ = model.decode(step_input, memory, src_key_padding_mask, cache)
-        logits = model.output(hidden[:, -1])                      # (B, V), newest position only
-        next_token = logits.argmax(dim=-1)
-        next_token = next_token.masked_fill(finished, PAD_ID)     # finished rows only pad
-        prefix = torch.cat([prefix, next_token[:, None]], dim=1)
-        finished |= next_token.eq(EOS_ID)
-        if bool(finished.all()):
-            break
-
-    outputs = []
-    for row in prefix[:, 1:].tolist():
-        tokens = [t for t in row if t != PAD_ID]
-        if EOS_ID in tokens:
-            tokens = tokens[: tokens.index(EOS_ID) + 1]
-        outputs.append(tokens)
+    ``max_len`` is the output limit, one int for the batch or a (B,) tensor with one per sentence.
+    """
+    outputs: list[list[int]] = [[] for _ in range(src_ids.shape[0])]
+    for step in greedy_steps(model, src_ids, max_len, method):
+        for row, token in enumerate(step.tokens.tolist()):
+            if token != PAD_ID:
+                outputs[row].append(token)
     return outputs
 
 
@@ -69,7 +162,11 @@ def translate_sentences(
     max_len_b: int = 10,
     method: str = "cached",
 ) -> list[str]:
-    """Translate sentences with greedy decoding, in batches of similar length, and return detokenized text."""
+    """Translate sentences with greedy decoding, in batches of similar length, and return detokenized text.
+
+    Each sentence's output limit is a * its source length + b (end token included), so an output does not
+    depend on the batch it is decoded in.
+    """
     from nmt.data.batching import make_examples
 
     model.eval()
@@ -84,7 +181,7 @@ def translate_sentences(
         chunk = order[start : start + batch_size]
         src = pad([examples[i].src for i in chunk]).to(device)
         src_lengths = src.ne(PAD_ID).sum(dim=1)
-        max_len = max_output_length(src_lengths, max_len_a, max_len_b, max_positions)
-        for i, output in zip(chunk, greedy_decode(model, src, max_len, method)):
+        limits = max_output_lengths(src_lengths, max_len_a, max_len_b, max_positions)
+        for i, output in zip(chunk, greedy_decode(model, src, limits, method)):
             hypotheses[i] = output
     return tokenizer.decode(hypotheses)

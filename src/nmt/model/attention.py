@@ -1,4 +1,4 @@
-"""Multi-head scaled dot-product attention with the projections named as in the paper.
+"""Multi-head scaled dot-product attention, with the projections named as in "Attention Is All You Need".
 
 For queries X_q (B, M, d) and keys/values X_kv (B, N, d), each head h computes
 
@@ -61,7 +61,7 @@ class MultiHeadAttention(nn.Module):
         """Attend from ``x_q`` (B, M, d) to ``x_kv`` (B, N, d) and return (output (B, M, d), weights or None).
 
         ``attn_mask`` is boolean and broadcastable to (B, heads, M, N): True where a query may attend to a key.
-        ``cache`` holds keys and values between decoding steps: for self-attention (``x_kv`` None) the new
+        ``cache`` stores keys and values between decoding steps: for self-attention (``x_kv`` None) the new
         keys/values are appended to ``cache["k"]``/``cache["v"]``; for encoder-decoder attention they are
         computed from ``x_kv`` on the first call and reused afterwards.
         ``need_weights`` returns the attention weights (B, heads, M, N), computed without dropout fusion.
@@ -86,8 +86,8 @@ class MultiHeadAttention(nn.Module):
 
         dropout_p = self.dropout if self.training else 0.0
 
-        # The explicit softmax(Q K^T / sqrt(d_k)) V is faster to train on CPU than the fused kernel
-        # (whose backward pass is slow for small heads); the fused kernel serves inference.
+        # Training uses the explicit softmax(Q K^T / sqrt(d_k)) V, because the fused CPU kernel's backward pass
+        # is slow for small heads (measured on torch 2.13). Inference uses the fused kernel.
         if need_weights or self.training:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, heads, M, N)
             if attn_mask is not None:

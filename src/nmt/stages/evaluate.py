@@ -1,33 +1,77 @@
 """Stage ``evaluate``: decode the test sets with the best checkpoint, score them, report.
 
-Outputs: ``reports/metrics.json`` (DVC metrics) and ``reports/samples.md``. Scores and both files are also
-logged into the training run in MLflow.
+Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
+Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
+(encoder-decoder attention of a few test sentences), written to temporary names and renamed together once
+every test set is scored. Scores and the files are also logged into the training run in MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 
+import torch
+
 from nmt.config import Paths
-from nmt.data.parallel import read_lines
-from nmt.decoding import translate_sentences
-from nmt.evaluation import score
-from nmt.io import write_json_atomic, write_text_atomic
+from nmt.data.parallel import check_aligned, read_lines
+from nmt.decoding import translate
+from nmt.evaluation import paper_bleu, score
+from nmt.io import atomic_path
+from nmt.plots import plot_cross_attention
 from nmt.stages.common import run_stage
-from nmt.tokenizer import Tokenizer
+from nmt.stages.references import references_dir
+from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.tracking import client
 from nmt.training.module import load_model
 
 log = logging.getLogger(__name__)
 
+ATTENTION_PLOTS = 3
 
-def samples_markdown(test_set: str, sources: list[str], references: list[str], hypotheses: list[str]) -> str:
-    lines = [f"# Sample translations ({test_set}, greedy decoding)", ""]
+
+def decoding_name(beam_size: int) -> str:
+    return "greedy" if beam_size == 1 else f"beam{beam_size}"
+
+
+def samples_markdown(
+    test_set: str, decoding: str, sources: list[str], references: list[str], hypotheses: list[str]
+) -> str:
+    lines = [f"# Sample translations ({test_set}, {decoding} decoding)", ""]
     for number, (src, ref, hyp) in enumerate(zip(sources, references, hypotheses), start=1):
         lines += [f"## {number}", "", f"- source: {src}", f"- reference: {ref}", f"- hypothesis: {hyp}", ""]
     return "\n".join(lines)
+
+
+def decode_and_score(model, tokenizer, cfg, sources, references, tokenized_references, beam_size: int) -> tuple:
+    """Translate ``sources`` with ``beam_size`` (1 = greedy) and return (scores, hypotheses, output ids, seconds)."""
+    decode = cfg.decode
+    started = time.perf_counter()
+    translations = translate(
+        model, tokenizer, sources, beam_size=beam_size, length_penalty=decode.length_penalty,
+        batch_size=decode.batch_size, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b, method=decode.method,
+    )
+    seconds = time.perf_counter() - started
+    hypotheses = [best[0].text if best else "" for best in translations]
+    output_ids = [best[0].tokens if best else [] for best in translations]
+
+    result = score(hypotheses, references)
+    result["bleu_lc_tok"] = paper_bleu(hypotheses, tokenized_references, cfg.data.tgt_lang)
+    result["decoding"] = decoding_name(beam_size)
+    return result, hypotheses, output_ids, seconds
+
+
+@torch.inference_mode()
+def cross_attention(model, tokenizer, source: str, output_ids: list[int]) -> tuple[list, list[str], list[str]]:
+    """Return per-layer encoder-decoder attention (heads, outputs, sources) for one translated sentence."""
+    src_ids = tokenizer.encode([source])[0][: model.config.max_positions - 1] + [EOS_ID]
+    output_ids = output_ids[: model.config.max_positions - 1]
+    memory, src_key_padding_mask = model.encode(torch.tensor([src_ids]))
+    tgt_in = torch.tensor([[BOS_ID] + output_ids[:-1]])
+    _, weights = model.decode(tgt_in, memory, src_key_padding_mask, need_weights=True)
+    return [w[0].float().numpy() for w in weights], tokenizer.pieces(src_ids), tokenizer.pieces(output_ids)
 
 
 def run(cfg, paths: Paths) -> dict:
@@ -37,38 +81,61 @@ def run(cfg, paths: Paths) -> dict:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     model, _ = load_model(paths.models / "best.ckpt")
     tokenizer = Tokenizer(paths.tokenizer_model)
-    decode = cfg.decode
+    beam_size = cfg.decode.beam_size
 
-    metrics, samples = {}, ""
+    metrics, samples, attention_inputs = {}, "", []
     for test_set in cfg.evaluate.test_sets:
-        sources = read_lines(paths.split_file(test_set, cfg.data.src_lang))
-        references = read_lines(paths.split_file(test_set, cfg.data.tgt_lang))
+        src_path = paths.split_file(test_set, cfg.data.src_lang)
+        ref_path = paths.split_file(test_set, cfg.data.tgt_lang)
+        sources = read_lines(src_path)
+        references = read_lines(ref_path)
+        check_aligned(f"reading {test_set}", sources, references, (str(src_path), str(ref_path)))
+        # A data subset (data.max_eval_pairs) keeps the first lines of each split.
+        tokenized_references = read_lines(references_dir(paths) / f"{test_set}.{cfg.data.tgt_lang}")[: len(sources)]
 
-        started = time.perf_counter()
-        hypotheses = translate_sentences(
-            model, tokenizer, sources, decode.batch_size, decode.max_len_a, decode.max_len_b, decode.method
+        primary, hypotheses, output_ids, seconds = decode_and_score(
+            model, tokenizer, cfg, sources, references, tokenized_references, beam_size
         )
-        seconds = time.perf_counter() - started
+        check_aligned(f"translating {test_set}", sources, hypotheses, (str(src_path), "the hypotheses"))
+        metrics[test_set] = primary
+        log.info("%s, %s: BLEU %.2f, chrF %.2f, lowercased tokenized BLEU %.2f (%d sentences in %.1f s)", test_set,
+                 primary["decoding"], primary["bleu"], primary["chrf"], primary["bleu_lc_tok"], len(sources), seconds)
+        if beam_size > 1:
+            greedy, _, _, seconds = decode_and_score(
+                model, tokenizer, cfg, sources, references, tokenized_references, 1
+            )
+            metrics[test_set]["greedy"] = {k: greedy[k] for k in ("bleu", "chrf", "bleu_lc_tok", "decoding")}
+            log.info("%s, greedy: BLEU %.2f, chrF %.2f, lowercased tokenized BLEU %.2f (%.1f s)", test_set,
+                     greedy["bleu"], greedy["chrf"], greedy["bleu_lc_tok"], seconds)
 
-        result = score(hypotheses, references)
-        metrics[test_set] = {**result, "decoding": "greedy"}
-        log.info("%s: BLEU %.2f, chrF %.2f (%d sentences decoded in %.1f s)", test_set, result["bleu"],
-                 result["chrf"], len(sources), seconds)
         if not samples:
             n = cfg.evaluate.samples
-            samples = samples_markdown(test_set, sources[:n], references[:n], hypotheses[:n])
+            samples = samples_markdown(test_set, primary["decoding"], sources[:n], references[:n], hypotheses[:n])
+            attention_inputs = [(sources[i], output_ids[i]) for i in range(min(ATTENTION_PLOTS, len(sources)))]
 
-    metrics["train"] = {key: summary[key] for key in ("wall_time_s", "epochs", "steps", "best_val_loss", "parameters")}
-    write_json_atomic(paths.reports / "metrics.json", metrics)
-    write_text_atomic(paths.reports / "samples.md", samples)
+    metrics["train"] = {
+        key: summary[key] for key in ("wall_time_s", "epochs", "steps", "best_val_loss", "parameters")
+    }
+    attention_paths = [paths.reports / f"attention_{n}.png" for n in range(1, len(attention_inputs) + 1)]
+    with contextlib.ExitStack() as stack:
+        metrics_file = stack.enter_context(atomic_path(paths.reports / "metrics.json"))
+        samples_file = stack.enter_context(atomic_path(paths.reports / "samples.md"))
+        metrics_file.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        samples_file.write_text(samples, encoding="utf-8")
+        for number, (path, (source, ids)) in enumerate(zip(attention_paths, attention_inputs), start=1):
+            weights, source_pieces, output_pieces = cross_attention(model, tokenizer, source, ids)
+            plot_cross_attention(weights, source_pieces, output_pieces, stack.enter_context(atomic_path(path)),
+                                 title=f"test sentence {number}: {source}")
 
     tracking = client(cfg)
     run_id = summary["mlflow_run_id"]
     for test_set in cfg.evaluate.test_sets:
-        for key in ("bleu", "chrf"):
+        for key in ("bleu", "chrf", "bleu_lc_tok"):
             tracking.log_metric(run_id, f"{test_set}/{key}", metrics[test_set][key])
-    tracking.log_artifact(run_id, str(paths.reports / "metrics.json"))
-    tracking.log_artifact(run_id, str(paths.reports / "samples.md"))
+            if "greedy" in metrics[test_set]:
+                tracking.log_metric(run_id, f"{test_set}/greedy_{key}", metrics[test_set]["greedy"][key])
+    for path in [paths.reports / "metrics.json", paths.reports / "samples.md", *attention_paths]:
+        tracking.log_artifact(run_id, str(path))
     return metrics
 
 

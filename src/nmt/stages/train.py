@@ -1,30 +1,46 @@
-"""Stage ``train``: Lightning training of the Transformer, logged to MLflow.
+"""Stage ``train``: Lightning training of the Transformer, logged to MLflow, resumable after a crash.
 
 Outputs: ``models/best.ckpt`` (lowest validation loss), ``models/last.ckpt``, ``models/train_summary.json``
-(MLflow run id and training figures for ``evaluate``), and ``reports/grad_norms.png``.
+(MLflow run id and training figures for ``evaluate``), ``reports/grad_norms.png`` and
+``reports/environment.json`` (seed and library versions). All of them are written to temporary names and
+renamed only after training has succeeded, so a failed run leaves none of them behind.
 Training stops at ``trainer.max_epochs``, ``trainer.max_time_minutes`` or ``train.target_loss``,
 whichever comes first; the reason is logged and stored as the MLflow tag ``stop_reason``.
+
+While it trains, the stage keeps a resume checkpoint in ``checkpoints/train-<key>/`` (see
+``nmt.training.resume``), saved every ``train.checkpoint_every_n_steps`` steps and after every epoch. If the
+process is killed, running the stage again with the same params, data and code continues from that
+checkpoint (weights, optimizer, scheduler, loop position, RNG states) and logs into the same MLflow run. The
+folder is deleted once the outputs are written. A NaN or infinite loss stops training with
+``NonFiniteLossError``, marks the MLflow run FAILED and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import platform
+import shutil
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from nmt.config import Paths
-from nmt.io import write_json_atomic
+from nmt.io import atomic_dir, atomic_path
 from nmt.plots import plot_grad_norms
 from nmt.stages.common import run_stage
+from nmt.tracking import client as tracking_client
 from nmt.tracking import flatten, make_logger
 from nmt.training.callbacks import GradNormLogger, SampleTranslations, StopAtTargetLoss
 from nmt.training.datamodule import TranslationDataModule
-from nmt.training.module import TranslationModule
+from nmt.training.module import NonFiniteLossError, TranslationModule
+from nmt.training.resume import ResumeCheckpoint, ResumeState, open_resume_state, training_key
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +63,13 @@ def build_trainer(cfg, paths: Paths, logger, callbacks: list) -> L.Trainer:
         strategy=t.strategy,
         precision=t.precision,
         max_epochs=t.max_epochs,
-        max_time={"minutes": t.max_time_minutes},
+        max_time=None if t.max_time_minutes is None else {"minutes": t.max_time_minutes},
         deterministic=t.deterministic,
         gradient_clip_val=cfg.optim.grad_clip,
         log_every_n_steps=cfg.train.log_every_n_steps,
         logger=logger,
         callbacks=callbacks,
-        default_root_dir=str(paths.models),
+        default_root_dir=str(paths.checkpoints),  # not models/, which is only written once training succeeded
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -61,7 +77,43 @@ def build_trainer(cfg, paths: Paths, logger, callbacks: list) -> L.Trainer:
     )
 
 
+def open_mlflow_run(cfg, state: ResumeState, interrupted_run_id: str | None):
+    """Return the MLflow logger: the resumed run of ``state``, or a new run with params, seed and environment.
+
+    ``interrupted_run_id`` names a run that was killed before its first checkpoint; it is marked KILLED.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run_name = f"{cfg.data.name}-{cfg.model.name}"
+    if state.checkpoint is not None and state.mlflow_run_id is not None:
+        logger = make_logger(cfg, run_name, run_id=state.mlflow_run_id)
+        try:
+            logger.experiment.update_run(state.mlflow_run_id, status="RUNNING")
+            logger.experiment.set_tag(state.mlflow_run_id, "resumed_from_step", str(state.global_step))
+            return logger
+        except MlflowException as error:
+            log.warning("MLflow run %s of the resume state cannot be reopened (%s); logging into a new run",
+                        state.mlflow_run_id, error)
+
+    if interrupted_run_id is not None:
+        try:
+            tracking_client(cfg).set_terminated(interrupted_run_id, "KILLED")
+        except MlflowException as error:
+            log.warning("failed to mark the interrupted MLflow run %s as KILLED: %s", interrupted_run_id, error)
+
+    logger = make_logger(cfg, run_name)
+    logger.log_hyperparams(flatten(cfg))
+    logger.experiment.set_tag(logger.run_id, "seed", str(cfg.seed))
+    logger.experiment.log_dict(logger.run_id, environment(cfg), "environment.json")
+    return logger
+
+
 def run(cfg, paths: Paths) -> dict:
+    """Train, resuming from this configuration's resume checkpoint if one exists; return the training summary.
+
+    The summary has the keys mlflow_run_id, wall_time_s (summed over resumed processes), epochs, steps,
+    best_val_loss, parameters, stop_reason and resumed_from_step (None unless this process resumed).
+    """
     L.seed_everything(cfg.seed, workers=True)
     datamodule = TranslationDataModule(cfg, paths)
     datamodule.setup()
@@ -69,31 +121,56 @@ def run(cfg, paths: Paths) -> dict:
     module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), vocab_size, vocab_size)
     parameters = module.model.num_parameters()
 
-    logger = make_logger(cfg, run_name=f"{cfg.data.name}-{cfg.model.name}")
-    logger.log_hyperparams(flatten(cfg))
-    logger.experiment.set_tag(logger.run_id, "seed", str(cfg.seed))
-    logger.experiment.log_dict(logger.run_id, library_versions(), "environment.json")
+    rank_zero = rank_zero_only.rank == 0
+    state, interrupted_run_id = open_resume_state(paths.checkpoints, training_key(cfg, paths), rank_zero)
+    resumed_from_step = state.global_step if state.checkpoint is not None else None
+    logger = open_mlflow_run(cfg, state, interrupted_run_id)
+    if rank_zero:  # other ranks of a multi-process run only read the resume state
+        if resumed_from_step is None and state.directory.exists():
+            shutil.rmtree(state.directory)  # files of a run that was killed before its first resume checkpoint
+        state.directory.mkdir(parents=True, exist_ok=True)
+        if state.mlflow_run_id != logger.run_id:
+            state.mlflow_run_id = logger.run_id
+            state.save()
 
     val_source, val_target = datamodule.sentences["val"]
     samples = cfg.train.val_samples
     grad_norms = GradNormLogger(cfg.train.grad_norm_every_n_steps)
     target_stop = StopAtTargetLoss(cfg.train.target_loss)
     checkpoint = ModelCheckpoint(
-        dirpath=paths.models, filename="best", monitor="val/loss", mode="min", save_last=True,
+        dirpath=state.model_checkpoints, filename="best", monitor="val/loss", mode="min", save_last=True,
         enable_version_counter=False, auto_insert_metric_name=False,
     )
+    started = time.perf_counter()
+    previous_wall_time = state.wall_time_s
     callbacks = [
         checkpoint,
         grad_norms,
         SampleTranslations(val_source[:samples], val_target[:samples], datamodule.tokenizer, cfg.decode),
         target_stop,
+        ResumeCheckpoint(state, cfg.train.checkpoint_every_n_steps, started),  # after `checkpoint`: see its doc
     ]
     trainer = build_trainer(cfg, paths, logger, callbacks)
 
-    log.info("training %s (%d parameters) on %d pairs", cfg.model.name, parameters, len(datamodule.examples["train"]))
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    wall_time = time.perf_counter() - started
+    if rank_zero and resumed_from_step is None:
+        log.info("training %s (%d parameters) on %d pairs; MLflow run %s", cfg.model.name, parameters,
+                 len(datamodule.examples["train"]), logger.run_id)
+    elif rank_zero:
+        log.info("resumed training from %s (%s); logging into MLflow run %s", state.checkpoint_path,
+                 state.position(), logger.run_id)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=state.checkpoint_path, weights_only=False)
+    except NonFiniteLossError as error:
+        if state.checkpoint is not None:
+            checkpoint_note = (f"the last good checkpoint, {state.checkpoint_path} (global step {state.global_step}), "
+                               "is kept and a rerun with the same configuration resumes from it")
+        else:
+            checkpoint_note = "no checkpoint was saved before it"
+        raise NonFiniteLossError(
+            f"{error}. Training stopped and MLflow run {logger.run_id} is marked FAILED; {checkpoint_note}.",
+            step=error.step, value=error.value,
+        ) from error
+    wall_time = previous_wall_time + time.perf_counter() - started
 
     reason = stop_reason(trainer, target_stop)
     log.info("training stopped: %s after %d epochs, %d steps, %.0f s", reason, trainer.current_epoch,
@@ -107,17 +184,50 @@ def run(cfg, paths: Paths) -> dict:
         "best_val_loss": round(float(checkpoint.best_model_score), 4),
         "parameters": parameters,
         "stop_reason": reason,
+        "resumed_from_step": resumed_from_step,
     }
     if trainer.is_global_zero:
-        write_json_atomic(paths.models / "train_summary.json", summary)
-        paths.reports.mkdir(parents=True, exist_ok=True)
-        plot_grad_norms(grad_norms.history, paths.reports / "grad_norms.png")
         client = logger.experiment
+        try:
+            write_outputs(cfg, paths, state, summary, grad_norms.history)
+        except BaseException:
+            client.set_terminated(logger.run_id, "FAILED")
+            raise
         client.set_tag(logger.run_id, "stop_reason", reason)
         client.log_artifact(logger.run_id, str(paths.reports / "grad_norms.png"))
         for key in ("wall_time_s", "epochs", "steps", "best_val_loss"):
             client.log_metric(logger.run_id, f"train_summary/{key}", float(summary[key]))
+        state.remove()
     return summary
+
+
+def write_outputs(cfg, paths: Paths, state: ResumeState, summary: dict, grad_norm_history: list) -> None:
+    """Write every declared output of the stage under a temporary name, then rename them all together."""
+    with contextlib.ExitStack() as stack:
+        models = stack.enter_context(atomic_dir(paths.models))
+        plot = stack.enter_context(atomic_path(paths.reports / "grad_norms.png"))
+        environment_file = stack.enter_context(atomic_path(paths.reports / "environment.json"))
+
+        for name in ("best.ckpt", "last.ckpt"):
+            shutil.copy2(state.model_checkpoints / name, models / name)
+        (models / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_grad_norms(grad_norm_history, plot)
+        environment_file.write_text(json.dumps(environment(cfg), indent=2) + "\n", encoding="utf-8")
+
+
+def environment(cfg) -> dict:
+    """Return what a rerun needs to reproduce this training: the seed, numeric settings and library versions."""
+    record = {
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.precision),
+        "deterministic": cfg.trainer.deterministic,
+        "accelerator": cfg.trainer.accelerator,
+        "torch_threads": torch.get_num_threads(),
+        "libraries": library_versions(),
+    }
+    if torch.cuda.is_available():
+        record["cuda"] = {"version": torch.version.cuda, "device": torch.cuda.get_device_name(0)}
+    return record
 
 
 def library_versions() -> dict[str, str]:
@@ -130,6 +240,7 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": L.__version__,
+        "numpy": np.__version__,
         "hydra-core": hydra.__version__,
         "mlflow": mlflow.__version__,
         "sentencepiece": sentencepiece.__version__,
@@ -139,7 +250,7 @@ def library_versions() -> dict[str, str]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, errors=(NonFiniteLossError,))
 
 
 if __name__ == "__main__":

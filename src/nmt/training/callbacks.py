@@ -23,6 +23,13 @@ class GradNormLogger(L.Callback):
         self.every_n_steps = max(1, every_n_steps)
         self.history: list[tuple[int, dict[str, float]]] = []
 
+    def state_dict(self) -> dict:
+        """Keep the history in checkpoints, so that a resumed run still plots the steps before the interruption."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [(step, dict(norms)) for step, norms in state_dict.get("history", [])]
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
         if step % self.every_n_steps != 0:

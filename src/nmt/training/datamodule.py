@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from nmt.config import Paths
 from nmt.data.batching import TokenBatchSampler, collate, make_examples
-from nmt.data.parallel import read_lines
+from nmt.data.parallel import check_aligned, read_lines
 from nmt.tokenizer import Tokenizer
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a ``TokenBatchSampler`` whose position within an epoch is saved in checkpoints.
+
+    Lightning stores ``state_dict()`` in every checkpoint and, when training resumes from one, calls
+    ``load_state_dict`` before it iterates again. The sampler then continues the saved epoch after the batches
+    that were already trained on, so a run resumed mid-epoch trains on the same batches as an uninterrupted one.
+    ``batches_done`` returns how many batches of the current epoch the training loop has processed.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self.batches_done())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.skip_next(state["batches_done"])
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -23,13 +47,20 @@ class TranslationDataModule(L.LightningDataModule):
         self.sentences: dict[str, tuple[list[str], list[str]]] = {}
 
     def load_split(self, split: str) -> None:
+        """Read and encode one prepared split; raise DataError if its two sides are not aligned."""
         src_lang, tgt_lang = self.cfg.data.src_lang, self.cfg.data.tgt_lang
-        source = read_lines(self.paths.split_file(split, src_lang))
-        target = read_lines(self.paths.split_file(split, tgt_lang))
+        src_path, tgt_path = self.paths.split_file(split, src_lang), self.paths.split_file(split, tgt_lang)
+        names = (str(src_path), str(tgt_path))
+        source = read_lines(src_path)
+        target = read_lines(tgt_path)
+        check_aligned(f"reading the prepared {split} split", source, target, names)
+
+        src_ids = self.tokenizer.encode(source)
+        tgt_ids = self.tokenizer.encode(target)
+        check_aligned(f"tokenizing the {split} split", src_ids, tgt_ids, names)
+
         self.sentences[split] = (source, target)
-        self.examples[split] = make_examples(
-            self.tokenizer.encode(source), self.tokenizer.encode(target), self.cfg.model.max_positions
-        )
+        self.examples[split] = make_examples(src_ids, tgt_ids, self.cfg.model.max_positions)
 
     def setup(self, stage: str | None = None) -> None:
         for split in ("train", "val"):
@@ -46,7 +77,21 @@ class TranslationDataModule(L.LightningDataModule):
             num_replicas=self.trainer.world_size if self.trainer else 1,
             rank=self.trainer.global_rank if self.trainer else 0,
         )
-        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+        # A private generator: creating a DataLoader iterator draws a seed from its generator, and drawing it
+        # from the global one would shift the dropout masks between an interrupted and an uninterrupted run.
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        if split != "train":
+            return DataLoader(examples, batch_sampler=sampler, collate_fn=collate, generator=generator)
+        return ResumableDataLoader(
+            examples, batch_sampler=sampler, collate_fn=collate, generator=generator,
+            batches_done=self._train_batches_done,
+        )
+
+    def _train_batches_done(self) -> int:
+        """Return the number of batches of the current epoch that the training loop has processed."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

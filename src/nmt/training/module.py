@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -14,6 +16,32 @@ from nmt.tokenizer import PAD_ID
 from nmt.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training or validation loss is NaN or infinite at global step ``step``, with loss ``value``."""
+
+    def __init__(self, message: str, step: int, value: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.value = value
+
+
+def rng_states() -> dict:
+    """Return the global RNG states of Python, NumPy and torch (CPU, and CUDA where available)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore the global RNG states that ``rng_states`` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda"])
 
 
 class TranslationModule(L.LightningModule):
@@ -34,6 +62,10 @@ class TranslationModule(L.LightningModule):
         loss, n_tokens = sequence_loss(
             self.model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID, self.cfg.train.label_smoothing
         )
+        # Decided across ranks: a rank that raised alone would leave the others waiting in the gradient all-reduce.
+        non_finite = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if non_finite:
+            self._raise_non_finite("training", float(loss.detach()), batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_tokens)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -50,6 +82,8 @@ class TranslationModule(L.LightningModule):
         totals = torch.tensor([self._val_loss_sum, float(self._val_tokens)], dtype=torch.float64)
         totals = self.all_gather(totals).reshape(-1, 2).sum(dim=0) if self.trainer.world_size > 1 else totals
         val_loss = float(totals[0] / totals[1].clamp(min=1.0))
+        if not torch.isfinite(torch.tensor(val_loss)):
+            self._raise_non_finite("validation", val_loss, None)
         # Cross-entropy without label smoothing, averaged over every real target token of the split.
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", float(torch.exp(torch.tensor(val_loss))), sync_dist=False)
@@ -60,6 +94,31 @@ class TranslationModule(L.LightningModule):
             self.current_epoch, self.global_step, val_loss,
             "n/a" if train_loss is None else f"{float(train_loss):.4f}",
         )
+
+    def _raise_non_finite(self, kind: str, value: float, batch_idx: int | None) -> None:
+        where = f"epoch {self.current_epoch}" + ("" if batch_idx is None else f", batch {batch_idx}")
+        lr = self.optimizers().param_groups[0]["lr"]
+        fixes = [f"lower optim.lr (now {self.cfg.optim.lr})"]
+        if self.cfg.optim.get("grad_clip") is None:
+            fixes.append("set optim.grad_clip")
+        if str(self.cfg.trainer.precision) not in ("32-true", "32", "64-true", "64"):
+            fixes.append("use trainer.precision=32-true")
+        raise NonFiniteLossError(
+            f"{kind} loss is {value} at global step {self.global_step} ({where}, learning rate {lr:.3g}); "
+            + ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1],
+            step=self.global_step,
+            value=value,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the global RNG states, so that a resumed run draws the same dropout masks as an uninterrupted one."""
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+        else:
+            log.warning("the checkpoint has no RNG states; dropout after resuming differs from an uninterrupted run")
 
     def configure_optimizers(self):
         optim = self.cfg.optim

@@ -1,0 +1,1 @@
+"""Subcommands of the ``nmt`` command line."""

@@ -1,0 +1,169 @@
+"""End to end: `dvc repro` in a copy of the repository on a tiny model and a data subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import CONF_DIR, REPO, write_params
+from nmt.config import compose
+from nmt.model import ModelConfig, Transformer
+
+TINY_OVERRIDES = [
+    "data.max_train_pairs=300",
+    "data.max_eval_pairs=12",
+    "model=tiny",
+    "model.d_model=32",
+    "model.n_encoder_layers=1",
+    "model.n_decoder_layers=1",
+    "model.d_ff=64",
+    "tokenizer.vocab_size=400",
+    "trainer.max_epochs=2",
+    "trainer.precision=32-true",
+    "train.max_tokens=400",
+    "train.grad_norm_every_n_steps=5",
+    "train.log_every_n_steps=5",
+    "train.val_samples=3",
+    "evaluate.samples=5",
+    "decode.max_len_b=5",
+    "decode.max_len_a=1.0",
+]
+
+
+def dvc(project: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, data_dir) -> Path:
+    """A copy of the repository with a tiny params.yaml, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("conf", "src", "dvc.yaml", ".dvc", ".dvcignore"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("cache", "tmp", "config.local",
+                                                                                  "__pycache__"))
+        elif source.exists():
+            shutil.copy(source, root / name)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    write_params(root, compose(TINY_OVERRIDES + [f"data.local_dir={data_dir}"], CONF_DIR))
+    os.environ.pop("NMT_DATA_DIR", None)
+    dvc(root, "repro")
+    return root
+
+
+@pytest.mark.slow
+def test_repro_writes_declared_outputs(project):
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    for stage in stages.values():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            path = entry if isinstance(entry, str) else next(iter(entry))
+            assert (project / path).exists(), f"declared output {path} missing"
+    assert (project / "models" / "best.ckpt").is_file()
+    assert (project / "models" / "last.ckpt").is_file()
+    assert (project / "data" / "tokenizer" / "spm.model").is_file()
+
+
+@pytest.mark.slow
+def test_metrics_json_shape(project):
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    for test_set in ("test_2016_flickr", "test_2017_flickr"):
+        entry = metrics[test_set]
+        assert {"bleu", "chrf", "bleu_signature", "decoding", "sentences", "bleu_lc_tok"} <= set(entry)
+        assert isinstance(entry["bleu"], float)
+        assert isinstance(entry["chrf"], float)
+        assert entry["bleu_signature"].startswith("nrefs:1|case:mixed")
+        assert entry["decoding"] == "beam5"
+        assert entry["sentences"] == 12
+        assert entry["greedy"]["decoding"] == "greedy"
+        assert {"bleu", "chrf", "bleu_lc_tok"} <= set(entry["greedy"])
+    train = metrics["train"]
+    assert set(train) == {"wall_time_s", "epochs", "steps", "best_val_loss", "parameters"}
+    assert train["epochs"] == 2
+    assert train["steps"] > 0
+    assert train["best_val_loss"] > 0
+
+
+@pytest.mark.slow
+def test_samples_md_lists_sentences(project):
+    text = (project / "reports" / "samples.md").read_text()
+    assert text.count("- source: ") == 5
+    assert text.count("- reference: ") == 5
+    assert text.count("- hypothesis: ") == 5
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_losses_norms_samples(project):
+    summary = json.loads((project / "models" / "train_summary.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    run = client.get_run(summary["mlflow_run_id"])
+
+    assert run.data.params["model.d_model"] == "32"
+    assert run.data.tags["stop_reason"] == "max_epochs"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) >= 2
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert run.data.metrics["test_2016_flickr/bleu"] >= 0.0
+
+    cfg = compose(TINY_OVERRIDES, CONF_DIR)
+    model = Transformer(ModelConfig.from_dict(dict(cfg.model), src_vocab_size=400, tgt_vocab_size=400))
+    for name in model.named_weights():
+        assert client.get_metric_history(run.info.run_id, f"grad_norm/{name}"), f"no gradient norms for {name}"
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "samples.md", "grad_norms.png", "environment.json", "samples"} <= artifacts
+    assert {"attention_1.png", "attention_2.png", "attention_3.png"} <= artifacts
+    assert run.data.metrics["test_2016_flickr/greedy_bleu"] >= 0.0
+    assert run.data.metrics["test_2016_flickr/bleu_lc_tok"] >= 0.0
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert samples == ["samples/epoch_000.txt", "samples/epoch_001.txt"]
+
+
+@pytest.mark.slow
+def test_second_repro_runs_nothing(project):
+    output = dvc(project, "repro")
+    assert "Running stage" not in output
+
+
+@pytest.mark.slow
+def test_model_change_reruns_train_and_evaluate_only(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["d_ff"] = 48
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    output = dvc(project, "repro")
+    assert "Running stage 'train'" in output
+    assert "Running stage 'evaluate'" in output
+    assert "Running stage 'prepare'" not in output
+    assert "Running stage 'tokenizer'" not in output
+
+
+@pytest.mark.slow
+def test_hydra_pipeline_job(tmp_path, data_dir):
+    job_dir = tmp_path / "job"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
+    command = [
+        str(Path(sys.executable).parent / "nmt-pipeline"),
+        *overrides,
+        "trainer.max_epochs=1",
+        f"data.local_dir={data_dir}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"hydra.run.dir={job_dir}",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((job_dir / "reports" / "metrics.json").read_text())
+    assert metrics["train"]["epochs"] == 1
+    assert (job_dir / "params.yaml").is_file()
+    assert (job_dir / "models" / "best.ckpt").is_file()

@@ -1,0 +1,81 @@
+"""Tokenizer edge cases on real SentencePiece models: special strings as text, unseen characters, byte fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from nmt.data.parallel import read_lines
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+
+SPECIAL_TEXT = ["a </s> b", "<s> two dogs", "a <pad> cat <unk>", "</s></s><s>", "x < y > z / w"]
+UNSEEN = "A dog 狗 runs ☃"
+
+
+@pytest.fixture(scope="module")
+def training_text(data_dir) -> list[str]:
+    """Both sides of the first 400 Multi30k training pairs: text without '<' or '>'."""
+    from nmt.data.parallel import load_parallel
+
+    text = load_parallel(data_dir / "train.en.gz", data_dir / "train.fr.gz", drop_empty=True)
+    sentences = text.source[:400] + text.target[:400]
+    assert not any("<" in line or ">" in line for line in sentences)
+    return sentences
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no_byte_fallback", "byte_fallback"])
+def tokenizer(request, training_text, tmp_path_factory) -> Tokenizer:
+    folder = tmp_path_factory.mktemp("spm")
+    model = train_sentencepiece(training_text, folder / "spm", vocab_size=500, byte_fallback=request.param)
+    return Tokenizer(model)
+
+
+def test_special_strings_encode_as_plain_text(tokenizer):
+    for text in SPECIAL_TEXT:
+        ids = tokenizer.encode([text])[0]
+        assert not {PAD_ID, UNK_ID, BOS_ID, EOS_ID} & set(ids), f"{text!r} -> {tokenizer.pieces(ids)}"
+
+
+def test_special_strings_round_trip(tokenizer):
+    assert tokenizer.decode(tokenizer.encode(SPECIAL_TEXT)) == SPECIAL_TEXT
+
+
+def test_decode_drops_only_pad_bos_eos(tokenizer):
+    ids = tokenizer.encode(["two dogs"])[0]
+    assert tokenizer.decode([[BOS_ID, *ids, EOS_ID, PAD_ID, PAD_ID]]) == ["two dogs"]
+
+
+def test_unseen_characters_without_byte_fallback(training_text, tmp_path):
+    tokenizer = Tokenizer(train_sentencepiece(training_text, tmp_path / "spm", vocab_size=500))
+    ids = tokenizer.encode([UNSEEN])[0]
+
+    assert ids.count(UNK_ID) == 2
+    assert tokenizer.decode([ids]) == ["A dog  ⁇  runs  ⁇ "]
+
+
+def test_unseen_characters_round_trip_with_byte_fallback(training_text, tmp_path):
+    tokenizer = Tokenizer(train_sentencepiece(training_text, tmp_path / "spm", vocab_size=500, byte_fallback=True))
+    ids = tokenizer.encode([UNSEEN])[0]
+
+    assert UNK_ID not in ids
+    assert tokenizer.decode([ids]) == [UNSEEN]
+
+
+def test_translation_output_uses_tokenizer_decode(training_text, tmp_path):
+    """Greedy translation (used by evaluate and the validation samples) decodes <unk> like Tokenizer.decode."""
+    import torch
+
+    from nmt.decoding import translate_sentences
+    from nmt.model import ModelConfig, Transformer
+
+    tokenizer = Tokenizer(train_sentencepiece(training_text, tmp_path / "spm", vocab_size=500))
+    torch.manual_seed(0)
+    config = ModelConfig(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, d_model=16,
+                         n_heads=1, n_encoder_layers=1, n_decoder_layers=1, d_ff=32, dropout=0.0)
+    model = Transformer(config)
+    with torch.no_grad():  # make the model predict <unk> at every step
+        model.output.b_out.zero_()
+        model.output.b_out[UNK_ID] = 100.0
+    hypotheses = translate_sentences(model, tokenizer, ["two dogs"], max_len_a=0.0, max_len_b=2)
+
+    assert hypotheses == tokenizer.decode([[UNK_ID, UNK_ID]])
+    assert hypotheses == [" ⁇  ⁇ "]

@@ -1,0 +1,67 @@
+"""Tiny training projects for tests: a Multi30k subset and a real SentencePiece model, prepared once per session.
+
+Training the tiny config takes a few seconds on one CPU core: 120 training pairs in about 18 batches per
+epoch, a one-layer model with d_model 32 and dropout 0.3 (so that RNG state matters when a run is resumed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import CONF_DIR, write_params
+from nmt.config import Paths, compose
+from nmt.stages import prepare, tokenizer
+
+TINY_TRAINING = [
+    "data.max_train_pairs=120",
+    "data.max_eval_pairs=8",
+    "model=tiny",
+    "model.d_model=32",
+    "model.n_encoder_layers=1",
+    "model.n_decoder_layers=1",
+    "model.d_ff=64",
+    "model.dropout=0.3",
+    "tokenizer.vocab_size=300",
+    "trainer.max_epochs=2",
+    "trainer.precision=32-true",
+    "train.max_tokens=300",
+    "train.grad_norm_every_n_steps=5",
+    "train.log_every_n_steps=5",
+    "train.val_samples=1",
+    "train.checkpoint_every_n_steps=5",
+    "evaluate.samples=3",
+    "decode.max_len_a=0.5",
+    "decode.max_len_b=2",
+]
+
+_prepared: dict[str, Path] = {}
+
+
+def tiny_config(tracking_root: Path, *overrides: str):
+    """Compose the tiny config, logging to the MLflow store ``tracking_root/mlflow.db``."""
+    return compose([*TINY_TRAINING, f"mlflow.tracking_uri=sqlite:///{tracking_root}/mlflow.db", *overrides],
+                   CONF_DIR)
+
+
+def prepared_folder(tmp_path_factory, data_dir: Path) -> Path:
+    """Return a folder with ``data/prepared`` and ``data/tokenizer`` of the tiny config, built once per session.
+
+    Its ``mlflow.db`` is the MLflow store shared by the tests, so that each test does not pay for creating one.
+    """
+    if "root" not in _prepared:
+        root = tmp_path_factory.mktemp("tiny-data")
+        cfg = tiny_config(root, f"data.local_dir={data_dir}")
+        prepare.run(cfg, Paths(root))
+        tokenizer.run(cfg, Paths(root))
+        _prepared["root"] = root
+    return _prepared["root"]
+
+
+def new_project(folder: Path, prepared: Path, cfg=None) -> Paths:
+    """Copy the prepared data into ``folder`` (and write ``cfg`` as its params.yaml) and return its Paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(prepared / "data", folder / "data")
+    if cfg is not None:
+        write_params(folder, cfg)
+    return Paths(folder)

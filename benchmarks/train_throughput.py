@@ -58,7 +58,7 @@ def step_flops(model_cfg, vocab: int, src_tokens: int, tgt_tokens: int, src_len:
     """Estimate the matmul FLOPs of one training step (forward + backward = 3x forward).
 
     Counts the projection, feed-forward and output matmuls per real token and the attention score and
-    context products per token pair; ignores layer norms, softmax and other element-wise work.
+    context products per token pair. Layer norms, softmax and other element-wise work are left out.
     """
     d, f = model_cfg.d_model, model_cfg.d_ff
     encoder_layer = 2 * (4 * d * d + 2 * d * f)
@@ -78,7 +78,6 @@ class StepTimer(L.Callback):
         self.elapsed = 0.0
         self.tgt_tokens = 0
         self.src_tokens = 0
-        self.pairs = 0  # sum of src_len * tgt_len-style terms for the FLOP estimate
         self.steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -48,7 +48,7 @@ def plot_cross_attention(
 ) -> None:
     """Plot encoder-decoder attention as heatmaps, one per decoder layer, averaged over heads.
 
-    ``weights`` holds one (heads, output length, source length) array per layer; rows are output tokens
+    ``weights`` contains one (heads, output length, source length) array per layer. Rows are output tokens
     (the token predicted at that step) and columns are source tokens.
     """
     layers = len(weights)

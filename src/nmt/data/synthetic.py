@@ -1,6 +1,6 @@
 """A synthetic translation task: whole numbers written as English words -> the same numbers in French words.
 
-It needs no downloads, has one correct answer per input, and is learnable in seconds by a tiny model,
+It needs no downloads, has one correct translation per input, and is learnable in seconds by a tiny model,
 so tests use it to prove that training and decoding work together.
 """
 

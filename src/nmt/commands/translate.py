@@ -133,19 +133,13 @@ def read_input(args: argparse.Namespace) -> list[str]:
 
 def decode_lines(raw: bytes, name: str) -> list[str]:
     """Split UTF-8 bytes into lines without line endings; raise TranslateError naming the first invalid line."""
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    decoded = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            decoded.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as error:
-            raise TranslateError(
-                f"{name}, line {number}: invalid UTF-8 ({error.reason} at byte {error.start}); "
-                "re-encode the input as UTF-8"
-            ) from error
-    return decoded
+    from nmt.data.multi30k import DataError
+    from nmt.data.parallel import decode_utf8_lines
+
+    try:
+        return decode_utf8_lines(raw, name)
+    except DataError as error:
+        raise TranslateError(str(error)) from error
 
 
 def load_translator(args: argparse.Namespace):

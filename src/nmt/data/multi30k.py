@@ -29,7 +29,7 @@ class DataError(RuntimeError):
 
 
 def load_checksums() -> dict[str, str]:
-    """Return {relative file name: sha256} for every Multi30k file the project knows."""
+    """Return {relative file name: sha256} for every Multi30k file with a recorded checksum."""
     text = resources.files("nmt.data").joinpath("multi30k.sha256").read_text(encoding="utf-8")
     checksums = {}
     for line in text.splitlines():

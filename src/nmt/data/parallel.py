@@ -26,6 +26,14 @@ def read_lines(path: Path) -> list[str]:
             raw = handle.read()
     else:
         raw = path.read_bytes()
+    return decode_utf8_lines(raw, str(path))
+
+
+def decode_utf8_lines(raw: bytes, name: str) -> list[str]:
+    """Split UTF-8 bytes into lines without line endings.
+
+    Raises DataError naming ``name`` and the 1-based line number of the first invalid UTF-8 byte.
+    """
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -36,7 +44,7 @@ def read_lines(path: Path) -> list[str]:
             decoded.append(line.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as error:
             raise DataError(
-                f"{path}, line {number}: invalid UTF-8 ({error.reason} at byte {error.start}); "
+                f"{name}, line {number}: invalid UTF-8 ({error.reason} at byte {error.start}); "
                 "re-encode the file as UTF-8"
             ) from error
     return decoded

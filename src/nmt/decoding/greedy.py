@@ -53,7 +53,7 @@ def greedy_steps(
     """Yield each greedy step for a padded source batch (B, N) until every sentence has finished.
 
     ``max_len`` is the output limit, one int for the batch or a (B,) tensor with one per sentence. A
-    sentence finishes when it chooses EOS or when it has ``max_len`` output tokens; its later steps hold
+    sentence finishes when it chooses EOS or when it has ``max_len`` output tokens. In its later steps it has
     PAD as the token and zeros as logits and log-probabilities. The cached method also drops finished
     sentences from the decoded batch (their rows of the memory and cache), so later steps cost less. The
     textbook method stays the plain reference: the whole batch and prefix run at every step.

@@ -1,4 +1,4 @@
-"""What every stage entry point shares: logging set-up and loading params.yaml."""
+"""Shared set-up of the stage entry points: logging and loading params.yaml."""
 
 from __future__ import annotations
 

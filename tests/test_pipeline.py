@@ -89,10 +89,13 @@ def test_metrics_json_shape(project):
         assert entry["greedy"]["decoding"] == "greedy"
         assert {"bleu", "chrf", "bleu_lc_tok"} <= set(entry["greedy"])
     train = metrics["train"]
-    assert set(train) == {"wall_time_s", "epochs", "steps", "best_val_loss", "parameters"}
+    assert set(train) == {"wall_time_s", "epochs", "steps", "best_val_loss", "best_val_bleu", "average_val_bleu",
+                          "parameters", "checkpoint"}
     assert train["epochs"] == 2
     assert train["steps"] > 0
     assert train["best_val_loss"] > 0
+    assert train["checkpoint"] in ("best.ckpt", "average.ckpt")
+    assert 0 <= train["best_val_bleu"] <= 100
 
 
 @pytest.mark.slow

@@ -116,6 +116,9 @@ SCHEDULERS = ("inverse_sqrt", "constant")
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
 
 
+MONITORS = ("val/bleu", "val/loss")
+
+
 def value_problems(cfg: DictConfig) -> list[str]:
     """Return one message for every value of a typed config that is out of range or contradicts another."""
     from nmt.tokenizer import SPECIAL_TOKENS
@@ -199,6 +202,11 @@ def value_problems(cfg: DictConfig) -> list[str]:
     require(train.val_samples >= 0, f"train.val_samples={train.val_samples} must be zero or positive")
     require(train.target_loss is None or train.target_loss >= 0,
             f"train.target_loss={train.target_loss} must be zero or positive; use null to train to the limits")
+    require(train.monitor in MONITORS, f"train.monitor={train.monitor!r} is unknown; use one of {', '.join(MONITORS)}")
+    require(train.monitor != "val/bleu" or train.val_bleu,
+            "train.monitor=val/bleu needs train.val_bleu=true; enable it or monitor val/loss")
+    positive("train.early_stopping_patience", train.early_stopping_patience, optional=True)
+    positive("train.average_last_n", train.average_last_n)
 
     decode = cfg.decode
     positive("decode.batch_size", decode.batch_size)

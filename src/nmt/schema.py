@@ -85,6 +85,10 @@ class TrainSchema:
     log_every_n_steps: int = MISSING
     grad_norm_every_n_steps: int = MISSING
     val_samples: int = MISSING
+    val_bleu: bool = MISSING
+    monitor: str = MISSING
+    early_stopping_patience: Optional[int] = None
+    average_last_n: int = MISSING
     checkpoint_every_n_steps: Optional[int] = None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = "models/best.ckpt"
+DEFAULT_MODELS = "models"
 DEFAULT_TOKENIZER = "data/tokenizer/spm.model"
 TRACE_TOP_K = 5
 
@@ -41,8 +41,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("text", nargs="?", metavar="TEXT",
                         help="sentence to translate (default: read lines from --input or standard input)")
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                        help=f"Lightning checkpoint of the model (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"Lightning checkpoint of the model (default: the one {DEFAULT_MODELS}/train_summary.json "
+                             "names, best.ckpt or average.ckpt)")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help=f"SentencePiece model the checkpoint was trained with (default: {DEFAULT_TOKENIZER})")
     parser.add_argument("-i", "--input", metavar="FILE", help="UTF-8 text file, one sentence per line (.gz allowed)")
@@ -147,9 +148,9 @@ def load_translator(args: argparse.Namespace):
     import torch
 
     from nmt.tokenizer import Tokenizer
-    from nmt.training.module import load_model
+    from nmt.training.module import load_model, selected_checkpoint
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else selected_checkpoint(DEFAULT_MODELS)
     if not checkpoint.is_file():
         raise TranslateError(
             f"checkpoint {checkpoint} not found; train a model first (dvc repro train) or pass --checkpoint PATH"

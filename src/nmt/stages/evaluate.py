@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: decode the test sets with the best checkpoint, score them, report.
+"""Stage ``evaluate``: decode the test sets with the checkpoint that training selected, score them, report.
 
 Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
 Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
@@ -25,7 +25,7 @@ from nmt.stages.common import run_stage
 from nmt.stages.references import references_dir
 from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.tracking import client
-from nmt.training.module import load_model
+from nmt.training.module import load_model, selected_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def run(cfg, paths: Paths) -> dict:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found; run the train stage first (dvc repro train)")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    model, _ = load_model(paths.models / "best.ckpt")
+    checkpoint = selected_checkpoint(paths.models)
+    log.info("evaluating %s", checkpoint)
+    model, _ = load_model(checkpoint)
     tokenizer = Tokenizer(paths.tokenizer_model)
     beam_size = cfg.decode.beam_size
 
@@ -113,9 +115,9 @@ def run(cfg, paths: Paths) -> dict:
             samples = samples_markdown(test_set, primary["decoding"], sources[:n], references[:n], hypotheses[:n])
             attention_inputs = [(sources[i], output_ids[i]) for i in range(min(ATTENTION_PLOTS, len(sources)))]
 
-    metrics["train"] = {
-        key: summary[key] for key in ("wall_time_s", "epochs", "steps", "best_val_loss", "parameters")
-    }
+    train_keys = ("wall_time_s", "epochs", "steps", "best_val_loss", "best_val_bleu", "average_val_bleu",
+                  "parameters", "checkpoint")
+    metrics["train"] = {key: summary[key] for key in train_keys if summary.get(key) is not None}
     attention_paths = [paths.reports / f"attention_{n}.png" for n in range(1, len(attention_inputs) + 1)]
     with contextlib.ExitStack() as stack:
         metrics_file = stack.enter_context(atomic_path(paths.reports / "metrics.json"))

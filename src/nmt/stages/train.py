@@ -1,11 +1,17 @@
 """Stage ``train``: Lightning training of the Transformer, logged to MLflow, resumable after a crash.
 
-Outputs: ``models/best.ckpt`` (lowest validation loss), ``models/last.ckpt``, ``models/train_summary.json``
-(MLflow run id and training figures for ``evaluate``), ``reports/grad_norms.png`` and
+Outputs: ``models/best.ckpt`` (best validation score: ``val/bleu`` or ``val/loss``, as ``train.monitor`` says),
+``models/last.ckpt``, ``models/average.ckpt`` (the mean of the weights at the last ``train.average_last_n``
+validations, when that is 2 or more), ``models/train_summary.json`` (MLflow run id, training figures and the
+checkpoint that ``evaluate`` and ``nmt translate`` use), ``reports/grad_norms.png`` and
 ``reports/environment.json`` (seed and library versions). All of them are written to temporary names and
 renamed only after training has succeeded, so a failed run leaves none of them behind.
-Training stops at ``trainer.max_epochs``, ``trainer.max_time_minutes`` or ``train.target_loss``,
+Training stops at ``trainer.max_epochs``, ``trainer.max_time_minutes``, ``train.target_loss`` or, with
+``train.early_stopping_patience`` set, after that many validations without a better monitored score,
 whichever comes first; the reason is logged and stored as the MLflow tag ``stop_reason``.
+
+Model selection: the averaged model and the best checkpoint are scored again on the validation split with the
+monitored metric, and the better one is named in ``train_summary.json`` under ``checkpoint``.
 
 While it trains, the stage keeps a resume checkpoint in ``checkpoints/train-<key>/`` (see
 ``nmt.training.resume``), saved every ``train.checkpoint_every_n_steps`` steps and after every epoch. If the
@@ -27,28 +33,34 @@ import time
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from nmt.config import Paths
+from nmt.evaluation import score
 from nmt.io import atomic_dir, atomic_path
 from nmt.plots import plot_grad_norms
 from nmt.stages.common import run_stage
 from nmt.tracking import client as tracking_client
 from nmt.tracking import flatten, make_logger
-from nmt.training.callbacks import GradNormLogger, SampleTranslations, StopAtTargetLoss
+from nmt.loss import sequence_loss
+from nmt.tokenizer import PAD_ID
+from nmt.training.averaging import WeightSnapshots
+from nmt.training.callbacks import GradNormLogger, StopAtTargetLoss, ValidationTranslations
 from nmt.training.datamodule import TranslationDataModule
-from nmt.training.module import NonFiniteLossError, TranslationModule
+from nmt.training.module import NonFiniteLossError, TranslationModule, load_model
 from nmt.training.resume import ResumeCheckpoint, ResumeState, open_resume_state, training_key
 
 log = logging.getLogger(__name__)
 
 
-def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss) -> str:
-    """Name the limit that ended training: target_loss, max_epochs or max_time."""
+def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss, early_stop: EarlyStopping | None) -> str:
+    """Name the limit that ended training: target_loss, early_stopping, max_epochs or max_time."""
     if target_stop.reached_at_epoch is not None:
         return "target_loss"
+    if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "early_stopping"
     if trainer.current_epoch >= trainer.max_epochs:
         return "max_epochs"
     return "max_time"
@@ -134,22 +146,26 @@ def run(cfg, paths: Paths) -> dict:
             state.save()
 
     val_source, val_target = datamodule.sentences["val"]
-    samples = cfg.train.val_samples
+    monitor, mode = cfg.train.monitor, "max" if cfg.train.monitor == "val/bleu" else "min"
     grad_norms = GradNormLogger(cfg.train.grad_norm_every_n_steps)
     target_stop = StopAtTargetLoss(cfg.train.target_loss)
+    validation = ValidationTranslations(val_source, val_target, datamodule.tokenizer, cfg.decode,
+                                        cfg.train.val_samples, bleu=cfg.train.val_bleu)
     checkpoint = ModelCheckpoint(
-        dirpath=state.model_checkpoints, filename="best", monitor="val/loss", mode="min", save_last=True,
+        dirpath=state.model_checkpoints, filename="best", monitor=monitor, mode=mode, save_last=True,
         enable_version_counter=False, auto_insert_metric_name=False,
     )
     started = time.perf_counter()
     previous_wall_time = state.wall_time_s
-    callbacks = [
-        checkpoint,
-        grad_norms,
-        SampleTranslations(val_source[:samples], val_target[:samples], datamodule.tokenizer, cfg.decode),
-        target_stop,
-        ResumeCheckpoint(state, cfg.train.checkpoint_every_n_steps, started),  # after `checkpoint`: see its doc
-    ]
+    callbacks = [validation, checkpoint, grad_norms, target_stop]
+    early_stop = None
+    if cfg.train.early_stopping_patience is not None:
+        early_stop = EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience)
+        callbacks.append(early_stop)
+    snapshots = WeightSnapshots(cfg.train.average_last_n) if cfg.train.average_last_n > 1 else None
+    if snapshots is not None:
+        callbacks.append(snapshots)
+    callbacks.append(ResumeCheckpoint(state, cfg.train.checkpoint_every_n_steps, started))  # last: see its doc
     trainer = build_trainer(cfg, paths, logger, callbacks)
 
     if rank_zero and resumed_from_step is None:
@@ -172,7 +188,7 @@ def run(cfg, paths: Paths) -> dict:
         ) from error
     wall_time = previous_wall_time + time.perf_counter() - started
 
-    reason = stop_reason(trainer, target_stop)
+    reason = stop_reason(trainer, target_stop, early_stop)
     log.info("training stopped: %s after %d epochs, %d steps, %.0f s", reason, trainer.current_epoch,
              trainer.global_step, wall_time)
 
@@ -181,7 +197,9 @@ def run(cfg, paths: Paths) -> dict:
         "wall_time_s": round(wall_time, 1),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "best_val_loss": round(float(checkpoint.best_model_score), 4),
+        "best_val_loss": None,
+        "monitor": monitor,
+        "best_score": round(float(checkpoint.best_model_score), 4),
         "parameters": parameters,
         "stop_reason": reason,
         "resumed_from_step": resumed_from_step,
@@ -189,19 +207,75 @@ def run(cfg, paths: Paths) -> dict:
     if trainer.is_global_zero:
         client = logger.experiment
         try:
-            write_outputs(cfg, paths, state, summary, grad_norms.history)
+            selection = select_model(cfg, datamodule, validation, state, snapshots)
+            summary.update(selection.pop("summary"))
+            write_outputs(cfg, paths, state, summary, grad_norms.history, selection.get("average"))
         except BaseException:
             client.set_terminated(logger.run_id, "FAILED")
             raise
         client.set_tag(logger.run_id, "stop_reason", reason)
         client.log_artifact(logger.run_id, str(paths.reports / "grad_norms.png"))
-        for key in ("wall_time_s", "epochs", "steps", "best_val_loss"):
-            client.log_metric(logger.run_id, f"train_summary/{key}", float(summary[key]))
+        client.set_tag(logger.run_id, "checkpoint", summary["checkpoint"])
+        for key in ("wall_time_s", "epochs", "steps", "best_val_loss", "best_val_bleu", "average_val_loss",
+                    "average_val_bleu"):
+            if summary.get(key) is not None:
+                client.log_metric(logger.run_id, f"train_summary/{key}", float(summary[key]))
         state.remove()
     return summary
 
 
-def write_outputs(cfg, paths: Paths, state: ResumeState, summary: dict, grad_norm_history: list) -> None:
+def validation_loss(model, datamodule: TranslationDataModule) -> float:
+    """Return the cross-entropy (no label smoothing) of ``model`` over every real target token of ``val``, in fp32."""
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    with torch.inference_mode():
+        for batch in datamodule.val_dataloader():
+            loss, n_tokens = sequence_loss(model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID)
+            loss_sum += float(loss) * n_tokens
+            tokens += n_tokens
+    return loss_sum / max(tokens, 1)
+
+
+def validation_scores(model, datamodule: TranslationDataModule, validation: ValidationTranslations) -> dict:
+    """Return val loss and, when validation BLEU is on, greedy val BLEU of ``model``."""
+    scores = {"val_loss": round(validation_loss(model, datamodule), 4), "val_bleu": None}
+    if validation.bleu:
+        with torch.inference_mode():
+            hypotheses = validation.translate(model, validation.sources)
+        scores["val_bleu"] = score(hypotheses, validation.references)["bleu"]
+    return scores
+
+
+def select_model(cfg, datamodule, validation: ValidationTranslations, state: ResumeState,
+                 snapshots: WeightSnapshots | None) -> dict:
+    """Score the best checkpoint and the averaged weights on ``val``; name the better one for evaluation.
+
+    Both are scored again in fp32 with the same functions, so the comparison does not depend on the training
+    precision. Returns {"summary": fields for train_summary.json, "average": averaged state dict or absent}.
+    """
+    better = max if cfg.train.monitor == "val/bleu" else min
+    key = "val_bleu" if cfg.train.monitor == "val/bleu" else "val_loss"
+
+    best_model, _ = load_model(state.model_checkpoints / "best.ckpt")
+    best = validation_scores(best_model, datamodule, validation)
+    summary = {"checkpoint": "best.ckpt", "best_val_loss": best["val_loss"], "best_val_bleu": best["val_bleu"]}
+    if snapshots is None or len(snapshots.snapshots) < 2:
+        return {"summary": summary}
+
+    averaged_state = snapshots.average()
+    best_model.load_state_dict(averaged_state)
+    average = validation_scores(best_model, datamodule, validation)
+    summary.update(average_val_loss=average["val_loss"], average_val_bleu=average["val_bleu"],
+                   averaged_steps=snapshots.steps)
+    if better(average[key], best[key]) == average[key] and average[key] != best[key]:
+        summary["checkpoint"] = "average.ckpt"
+    log.info("validation %s: best checkpoint %s, average of the last %d validations %s; evaluating %s",
+             key, best[key], len(snapshots.snapshots), average[key], summary["checkpoint"])
+    return {"summary": summary, "average": averaged_state}
+
+
+def write_outputs(cfg, paths: Paths, state: ResumeState, summary: dict, grad_norm_history: list,
+                  averaged_state: dict | None = None) -> None:
     """Write every declared output of the stage under a temporary name, then rename them all together."""
     with contextlib.ExitStack() as stack:
         models = stack.enter_context(atomic_dir(paths.models))
@@ -210,9 +284,23 @@ def write_outputs(cfg, paths: Paths, state: ResumeState, summary: dict, grad_nor
 
         for name in ("best.ckpt", "last.ckpt"):
             shutil.copy2(state.model_checkpoints / name, models / name)
+        if averaged_state is not None:
+            save_averaged(state.model_checkpoints / "last.ckpt", averaged_state, models / "average.ckpt")
         (models / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_grad_norms(grad_norm_history, plot)
         environment_file.write_text(json.dumps(environment(cfg), indent=2) + "\n", encoding="utf-8")
+
+
+def save_averaged(template_path, averaged_state: dict, path) -> None:
+    """Save averaged weights as a Lightning-style checkpoint (hyperparameters of ``template_path``, no optimizer)."""
+    template = torch.load(template_path, map_location="cpu", weights_only=False)
+    checkpoint = {
+        "hyper_parameters": template["hyper_parameters"],
+        "state_dict": {f"model.{key}": value for key, value in averaged_state.items()},
+        "epoch": template.get("epoch"),
+        "global_step": template.get("global_step"),
+    }
+    torch.save(checkpoint, path)
 
 
 def environment(cfg) -> dict:

@@ -1,13 +1,15 @@
-"""Callbacks: per-weight gradient norms, decoded validation samples, and stopping at a target loss."""
+"""Callbacks: per-weight gradient norms, validation BLEU and decoded samples, and stopping at a target loss."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import lightning as L
 import torch
 
 from nmt.decoding import translate_sentences
+from nmt.evaluation import score
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +46,60 @@ class GradNormLogger(L.Callback):
             trainer.logger.log_metrics({f"grad_norm/{name}": value for name, value in norms.items()}, step=step)
 
 
-class SampleTranslations(L.Callback):
-    """Decode a fixed set of validation sentences greedily at every validation and log them as a text artifact."""
+class ValidationTranslations(L.Callback):
+    """At every validation, decode validation sentences greedily: log a few as samples and, optionally, BLEU.
 
-    def __init__(self, sources: list[str], references: list[str], tokenizer, decode_cfg) -> None:
+    With ``bleu`` true the whole validation split (``sources``) is decoded and its corpus BLEU (cased,
+    detokenized sacrebleu) is logged as ``val/bleu``, which ``ModelCheckpoint`` and early stopping can
+    monitor. Every rank decodes the whole split, so the monitored value is the same on all of them. The first
+    ``samples`` sentences are logged as a text artifact by rank 0.
+    """
+
+    def __init__(self, sources: list[str], references: list[str], tokenizer, decode_cfg, samples: int,
+                 bleu: bool) -> None:
         self.sources = sources
         self.references = references
         self.tokenizer = tokenizer
         self.decode_cfg = decode_cfg
+        self.samples = samples
+        self.bleu = bleu
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.sources:
-            return
-
-        was_training = pl_module.training
-        hypotheses = translate_sentences(
-            pl_module.model,
+    def translate(self, model, sentences: list[str]) -> list[str]:
+        return translate_sentences(
+            model,
             self.tokenizer,
-            self.sources,
+            sentences,
+            batch_size=self.decode_cfg.batch_size,
             max_len_a=self.decode_cfg.max_len_a,
             max_len_b=self.decode_cfg.max_len_b,
         )
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self.sources:
+            return
+        if not self.bleu and not trainer.is_global_zero:
+            return
+
+        was_training = pl_module.training
+        started = time.perf_counter()
+        with torch.inference_mode():
+            hypotheses = self.translate(pl_module.model, self.sources if self.bleu else self.sources[: self.samples])
         pl_module.train(was_training)
 
+        if self.bleu:
+            bleu = score(hypotheses, self.references)["bleu"]
+            pl_module.log("val/bleu", bleu, prog_bar=True, sync_dist=False)
+            log.info("epoch %d, step %d: validation BLEU %.2f (greedy, %d sentences in %.1f s)",
+                     trainer.current_epoch, trainer.global_step, bleu, len(hypotheses), time.perf_counter() - started)
+        if trainer.is_global_zero:
+            self.log_samples(trainer, hypotheses[: self.samples])
+
+    def log_samples(self, trainer, hypotheses: list[str]) -> None:
         blocks = []
         for number, (src, ref, hyp) in enumerate(zip(self.sources, self.references, hypotheses), start=1):
             blocks.append(f"[{number}] source:     {src}\n    reference:  {ref}\n    hypothesis: {hyp}\n")
+        if not blocks:
+            return
         text = f"epoch {trainer.current_epoch}, step {trainer.global_step}\n\n" + "\n".join(blocks)
         log.info("validation samples at epoch %d:\n%s", trainer.current_epoch, blocks[0])
         logger = trainer.logger

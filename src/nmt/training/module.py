@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -150,3 +152,14 @@ def load_model(checkpoint_path, map_location: str = "cpu") -> tuple[Transformer,
     model.load_state_dict(state)
     model.eval()
     return model, hparams["cfg"]
+
+
+def selected_checkpoint(models_dir) -> Path:
+    """Return the checkpoint that training selected for evaluation: ``train_summary.json``'s ``checkpoint`` in
+    ``models_dir`` (``best.ckpt`` or ``average.ckpt``), or ``best.ckpt`` when the summary does not name one."""
+    models_dir = Path(models_dir)
+    summary_path = models_dir / "train_summary.json"
+    name = "best.ckpt"
+    if summary_path.is_file():
+        name = json.loads(summary_path.read_text(encoding="utf-8")).get("checkpoint") or name
+    return models_dir / name

@@ -7,7 +7,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, REPO
-from nmt.config import ConfigError, compose
+from nmt.config import ConfigError, check, compose
 
 
 def test_params_yaml_equals_composed_conf():
@@ -21,6 +21,23 @@ def test_params_yaml_equals_composed_conf():
 def test_every_group_option_composes(group):
     cfg = compose([group], CONF_DIR)
     assert cfg.model.d_model % cfg.model.n_heads == 0
+
+
+@pytest.mark.parametrize("pair", ["en_de", "en_fr"])
+def test_experiment_recipes_compose_and_pass_checks(pair):
+    cfg = compose([f"experiment=multi30k_{pair}"], CONF_DIR)
+    check(cfg)
+    assert cfg.data.name == f"multi30k_{pair}"
+    assert (cfg.model.name, cfg.model.d_model, cfg.model.n_encoder_layers, cfg.model.d_ff) == ("tiny", 128, 4, 256)
+    assert cfg.model.dropout == 0.3 and cfg.model.tie_embeddings
+    assert cfg.train.label_smoothing == 0.1 and cfg.optim.betas == [0.9, 0.98]
+    assert cfg.train.monitor == "val/bleu" and cfg.train.average_last_n > 1
+    assert cfg.trainer.max_time_minutes <= 120   # a quality run trains for at most 2 hours
+
+
+def test_val_bleu_monitor_needs_val_bleu():
+    with pytest.raises(ConfigError, match="train.val_bleu=true"):
+        check(compose(["train.val_bleu=false"], CONF_DIR))
 
 
 def test_base_model_matches_paper_sizes():

@@ -107,6 +107,27 @@ def test_samples_md_lists_sentences(project):
 
 
 @pytest.mark.slow
+def test_quality_report_records_the_run(project, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--experiment", "tiny_check", "--project",
+         str(project), "--reports-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "quality.json").read_text())
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    entry = report["multi30k_en_fr"]
+    assert entry["experiment"] == "tiny_check"
+    for test_set in ("test_2016_flickr", "test_2017_flickr"):
+        assert entry[test_set]["bleu_lc_tok"] == metrics[test_set]["bleu_lc_tok"]
+        assert entry[test_set]["bleu"] == metrics[test_set]["bleu"]
+    assert entry["train_wall_time_s"] > 0
+    assert entry["target_met"] is (entry["test_2016_flickr"]["bleu_lc_tok"] >= 62.0)
+    markdown = (tmp_path / "quality.md").read_text()
+    assert "multi30k_en_fr" in markdown and entry["mlflow_run_id"] in markdown
+
+
+@pytest.mark.slow
 def test_mlflow_run_holds_losses_norms_samples(project):
     summary = json.loads((project / "models" / "train_summary.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")

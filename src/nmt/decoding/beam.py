@@ -35,15 +35,14 @@ import math
 import torch
 
 from nmt.decoding.common import Hypothesis, as_output_limits, length_penalty, output_log_probs
+from nmt.model.attention import select_cache_rows as select_attention_rows
 from nmt.tokenizer import BOS_ID, EOS_ID
 
 
 def _select_cache_rows(cache: list[dict], rows: torch.Tensor, attention: str) -> None:
     """Replace the ``attention`` ("self" or "cross") keys and values of every layer by the given rows."""
     for layer_cache in cache:
-        entry = layer_cache[attention]
-        entry["k"] = entry["k"].index_select(0, rows)
-        entry["v"] = entry["v"].index_select(0, rows)
+        select_attention_rows(layer_cache[attention], rows)
 
 
 def _live_bound(best_live_log_prob: float, length: int, limit: int, alpha: float) -> float:

@@ -19,6 +19,7 @@ import torch
 
 from nmt.data.batching import pad
 from nmt.decoding.common import Hypothesis, as_output_limits, length_penalty, max_output_lengths, output_log_probs
+from nmt.model.attention import select_cache_rows as select_attention_rows
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 METHODS = ("cached", "textbook")
@@ -35,12 +36,41 @@ def max_output_length(src_lengths: torch.Tensor, max_len_a: float, max_len_b: in
 
 @dataclass
 class GreedyStep:
-    """One greedy step of a batch: the decoder input, its newest logits and the chosen tokens."""
+    """One greedy step of a batch: the decoder input, the newest logits and the chosen tokens.
 
-    prefix: torch.Tensor     # (B, t) decoder input of this step: start token, then the earlier choices
-    logits: torch.Tensor     # (B, V) output-layer logits at the newest position
-    log_probs: torch.Tensor  # (B, V) float32 log-probabilities, -inf at the forbidden ids
-    tokens: torch.Tensor     # (B,) chosen ids, PAD for sentences that had already finished
+    Only the ``rows`` still in the decoded batch are computed; ``logits`` and ``log_probs`` expand them to
+    the whole batch (zeros for sentences that have finished) when a caller asks for them.
+    """
+
+    prefix: torch.Tensor            # (B, t) decoder input of this step: start token, then the earlier choices
+    tokens: torch.Tensor            # (B,) chosen ids, PAD for sentences that had already finished
+    rows: torch.Tensor              # (R,) batch rows decoded at this step
+    row_logits: torch.Tensor        # (R, V) output-layer logits at the newest position
+    row_log_probs: torch.Tensor     # (R, V) float32 log-probabilities, -inf at the forbidden ids
+    finished: torch.Tensor          # (B,) True for sentences that had finished before this step
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, V) logits of every sentence, zeros where it had already finished."""
+        return self._expand(self.row_logits)
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """(B, V) log-probabilities of every sentence, zeros where it had already finished."""
+        return self._expand(self.row_log_probs)
+
+    def chosen_log_probs(self) -> torch.Tensor:
+        """(B,) log-probability of each chosen token, 0 for sentences that had already finished."""
+        chosen = torch.zeros(self.tokens.shape, dtype=self.row_log_probs.dtype, device=self.tokens.device)
+        picked = self.row_log_probs.gather(1, self.tokens[self.rows, None])[:, 0]
+        chosen[self.rows] = picked.masked_fill(self.finished[self.rows], 0.0)
+        return chosen
+
+    def _expand(self, row_values: torch.Tensor) -> torch.Tensor:
+        values = row_values.new_zeros(self.tokens.shape[0], row_values.shape[-1])
+        values[self.rows] = row_values
+        values[self.finished] = 0.0
+        return values
 
 
 @torch.inference_mode()
@@ -75,36 +105,30 @@ def greedy_steps(
         hidden, _ = model.decode(step_input, memory, src_key_padding_mask, cache)
         active_logits = model.output(hidden[:, -1])               # (active rows, V), newest position only
         active_log_probs = output_log_probs(active_logits)
-        active_tokens = active_log_probs.argmax(dim=-1)
-        active_tokens = active_tokens.masked_fill(finished[active], PAD_ID)   # textbook keeps finished rows
+        active_finished = finished[active]
+        active_tokens = active_log_probs.argmax(dim=-1).masked_fill(active_finished, PAD_ID)  # textbook keeps them
 
-        logits = active_logits.new_zeros(batch, active_logits.shape[-1])
-        logits[active] = active_logits
-        log_probs = active_log_probs.new_zeros(batch, active_log_probs.shape[-1])
-        log_probs[active] = active_log_probs
-        logits[finished], log_probs[finished] = 0.0, 0.0
         next_token = torch.full((batch,), PAD_ID, dtype=torch.long, device=device)
         next_token[active] = active_tokens
-        yield GreedyStep(prefix, logits, log_probs, next_token)
+        yield GreedyStep(prefix, next_token, active, active_logits, active_log_probs, finished.clone())
 
         prefix = torch.cat([prefix, next_token[:, None]], dim=1)
-        finished[active] |= active_tokens.eq(EOS_ID) | limits[active].le(step)
-        if bool(finished.all()):
+        now_finished = active_finished | active_tokens.eq(EOS_ID) | limits[active].le(step)
+        finished[active] = now_finished
+        if bool(now_finished.all()):
             break
-        keep = ~finished[active]
-        if cache is not None and not bool(keep.all()):
+        if cache is not None and bool(now_finished.any()):
+            keep = ~now_finished
             active = active[keep]
             memory, src_key_padding_mask = memory[keep], src_key_padding_mask[keep]
             select_cache_rows(cache, keep)
 
 
 def select_cache_rows(cache: list[dict], rows: torch.Tensor) -> None:
-    """Keep only ``rows`` (a boolean mask or index tensor) of every cached key and value tensor, in place."""
+    """Keep only ``rows`` (a boolean mask or index tensor) of every layer's cached keys and values, in place."""
     for layer_cache in cache:
         for attention_cache in layer_cache.values():
-            for name in ("k", "v"):
-                if name in attention_cache:
-                    attention_cache[name] = attention_cache[name][rows]
+            select_attention_rows(attention_cache, rows)
 
 
 def greedy_search(
@@ -118,21 +142,25 @@ def greedy_search(
 
     The score is the log-probability divided by the GNMT length penalty with exponent ``alpha``.
     """
-    batch = src_ids.shape[0]
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    log_probs = [0.0] * batch
+    tokens, log_probs = [], []
     for step in greedy_steps(model, src_ids, max_len, method):
-        chosen = step.tokens.tolist()
-        chosen_log_probs = step.log_probs.gather(1, step.tokens[:, None])[:, 0].tolist()
-        for row, (token, token_log_prob) in enumerate(zip(chosen, chosen_log_probs)):
-            if token != PAD_ID:
-                tokens[row].append(token)
-                log_probs[row] += token_log_prob
+        tokens.append(step.tokens)
+        log_probs.append(step.chosen_log_probs())
 
+    outputs = _outputs(tokens, src_ids.shape[0])
+    totals = torch.stack(log_probs, dim=1).sum(dim=1).tolist() if log_probs else [0.0] * len(outputs)
     return [
         Hypothesis(output, log_prob, log_prob / length_penalty(len(output), alpha))
-        for output, log_prob in zip(tokens, log_probs)
+        for output, log_prob in zip(outputs, totals)
     ]
+
+
+def _outputs(step_tokens: list[torch.Tensor], batch: int) -> list[list[int]]:
+    """Turn the (B,) tokens of each step into each sentence's output ids, dropping the PAD after it finished."""
+    if not step_tokens:
+        return [[] for _ in range(batch)]
+    rows = torch.stack(step_tokens, dim=1).tolist()                # (B, steps)
+    return [[token for token in row if token != PAD_ID] for row in rows]
 
 
 def greedy_decode(
@@ -145,12 +173,7 @@ def greedy_decode(
 
     ``max_len`` is the output limit, one int for the batch or a (B,) tensor with one per sentence.
     """
-    outputs: list[list[int]] = [[] for _ in range(src_ids.shape[0])]
-    for step in greedy_steps(model, src_ids, max_len, method):
-        for row, token in enumerate(step.tokens.tolist()):
-            if token != PAD_ID:
-                outputs[row].append(token)
-    return outputs
+    return _outputs([step.tokens for step in greedy_steps(model, src_ids, max_len, method)], src_ids.shape[0])
 
 
 def translate_sentences(

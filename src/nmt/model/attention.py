@@ -50,6 +50,14 @@ class MultiHeadAttention(nn.Module):
         k, v = kv.split(self.d_model, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
+    def qkv_weight(self, cache: dict | None) -> torch.Tensor:
+        """Return [W_Q | W_K | W_V] (d, 3d); with a decoding cache, concatenate once and keep it there."""
+        if cache is None:
+            return torch.cat((self.W_Q, self.W_K, self.W_V), dim=1)
+        if "W_QKV" not in cache:
+            cache["W_QKV"] = torch.cat((self.W_Q, self.W_K, self.W_V), dim=1)
+        return cache["W_QKV"]
+
     def forward(
         self,
         x_q: torch.Tensor,
@@ -62,19 +70,16 @@ class MultiHeadAttention(nn.Module):
 
         ``attn_mask`` is boolean and broadcastable to (B, heads, M, N): True where a query may attend to a key.
         ``cache`` stores keys and values between decoding steps: for self-attention (``x_kv`` None) the new
-        keys/values are appended to ``cache["k"]``/``cache["v"]``; for encoder-decoder attention they are
-        computed from ``x_kv`` on the first call and reused afterwards.
+        keys/values are appended to ``cache["k"]``/``cache["v"]`` (see ``append_keys_values``); for
+        encoder-decoder attention they are computed from ``x_kv`` on the first call and reused afterwards.
         ``need_weights`` returns the attention weights (B, heads, M, N), computed without dropout fusion.
         """
         if x_kv is None:
             # Self-attention: one matmul with [W_Q | W_K | W_V] gives the queries, keys and values.
-            qkv = x_q @ torch.cat((self.W_Q, self.W_K, self.W_V), dim=1)       # (B, M, 3d)
+            qkv = x_q @ self.qkv_weight(cache)                                  # (B, M, 3d)
             q, k, v = (self.split_heads(part) for part in qkv.split(self.d_model, dim=-1))
             if cache is not None:
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+                k, v = append_keys_values(cache, k, v)
         else:
             if cache is not None and "k" in cache:
                 k, v = cache["k"], cache["v"]
@@ -113,3 +118,42 @@ def padding_mask_to_attn_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
     """Return the (length, length) boolean mask that lets position i attend to position j exactly when j <= i."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+# Positions a self-attention cache makes room for at first; it doubles whenever it is full.
+MIN_CACHE_CAPACITY = 16
+
+
+def append_keys_values(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append new keys and values (B, heads, L, d_k) to a self-attention cache and return all of them.
+
+    The cache keeps them in preallocated buffers with spare positions, so a decoding step copies only its new
+    positions; ``cache["k"]`` and ``cache["v"]`` are views of the filled part (B, heads, length, d_k).
+    """
+    length = cache["k"].shape[2] if "k" in cache else 0
+    new_length = length + k.shape[2]
+    buffers = cache.get("buffers")
+    if buffers is None or buffers[0].shape[2] < new_length:
+        capacity = max(2 * new_length, MIN_CACHE_CAPACITY)
+        grown = tuple(x.new_empty(x.shape[0], x.shape[1], capacity, x.shape[3]) for x in (k, v))
+        if length:
+            grown[0][:, :, :length] = cache["k"]
+            grown[1][:, :, :length] = cache["v"]
+        buffers = cache["buffers"] = grown
+
+    buffers[0][:, :, length:new_length] = k
+    buffers[1][:, :, length:new_length] = v
+    cache["k"], cache["v"] = buffers[0][:, :, :new_length], buffers[1][:, :, :new_length]
+    return cache["k"], cache["v"]
+
+
+def select_cache_rows(cache: dict, rows: torch.Tensor) -> None:
+    """Keep only ``rows`` (a boolean mask or an index tensor) of one attention cache's keys and values, in place."""
+    if "k" not in cache:
+        return
+    if "buffers" in cache:
+        length = cache["k"].shape[2]
+        cache["buffers"] = tuple(buffer[rows] for buffer in cache["buffers"])
+        cache["k"], cache["v"] = (buffer[:, :, :length] for buffer in cache["buffers"])
+    else:
+        cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]

@@ -175,7 +175,7 @@ class ResumeCheckpoint(Checkpoint):
 
     The epoch-end save happens in ``on_train_epoch_end``, after that epoch's validation, where
     ModelCheckpoint saves too. Lightning runs Checkpoint callbacks after the others, in list order; placed
-    after the ModelCheckpoint that keeps ``best.ckpt``, this callback saves that callback's updated state.
+    after the ModelCheckpoints that keep ``best.ckpt`` and ``last.ckpt``, it saves their updated state.
     ``state.json`` is rewritten after every save. A checkpoint whose weights are not all finite is not
     saved, so the folder always contains the last good one.
     """

@@ -5,7 +5,7 @@ the script prints sentences per second and speedup ratios. It checks that cached
 decoding give the same translations. Results go to the "decode" key of reports/benchmarks.json (other
 keys are kept) and to the "Decoding speed" section of reports/benchmarks.md (other sections are kept).
 
-    python benchmarks/decode.py --checkpoint models/best.ckpt
+    python benchmarks/decode.py
     python benchmarks/decode.py --checkpoint models/best.ckpt --limit 20     # quick check
 
 Decoding uses the checkpoint's decode.max_len_a and decode.max_len_b and the length penalty given here.
@@ -25,7 +25,7 @@ from nmt.data.parallel import read_lines
 from nmt.decoding import translate
 from nmt.decoding.translation import encode_sources
 from nmt.tokenizer import Tokenizer
-from nmt.training.module import load_model
+from nmt.training.module import load_model, selected_checkpoint
 from report import update_reports  # benchmarks/report.py, next to this script
 
 log = logging.getLogger("benchmarks.decode")
@@ -43,8 +43,8 @@ METHODS = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="models/best.ckpt",
-                        help="trained checkpoint (default: models/best.ckpt)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="trained checkpoint (default: the one models/train_summary.json names)")
     parser.add_argument("--tokenizer", default="data/tokenizer/spm.model",
                         help="SentencePiece model (default: data/tokenizer/spm.model)")
     parser.add_argument("--input", default=None,
@@ -101,7 +101,8 @@ def markdown_section(results: dict, setup: dict) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    model, cfg = load_model(args.checkpoint, map_location=args.device)
+    checkpoint = args.checkpoint or str(selected_checkpoint("models"))
+    model, cfg = load_model(checkpoint, map_location=args.device)
     model.to(args.device)
     tokenizer = Tokenizer(args.tokenizer)
     decode = dict(cfg.get("decode") or {})
@@ -134,7 +135,7 @@ def main() -> None:
     setup = {
         "sentences": len(sentences),
         "input": str(input_path),
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": checkpoint,
         "parameters": model.num_parameters(),
         "device": args.device,
         "processor": platform.processor() or platform.machine(),

@@ -38,8 +38,8 @@ def max_output_length(src_lengths: torch.Tensor, max_len_a: float, max_len_b: in
 class GreedyStep:
     """One greedy step of a batch: the decoder input, the newest logits and the chosen tokens.
 
-    Only the ``rows`` still in the decoded batch are computed; ``logits`` and ``log_probs`` expand them to
-    the whole batch (zeros for sentences that have finished) when a caller asks for them.
+    Only the ``rows`` still in the decoded batch are computed. ``logits`` and ``log_probs`` expand them to
+    the whole batch, with zeros for sentences that have finished, when a caller reads them.
     """
 
     prefix: torch.Tensor            # (B, t) decoder input of this step: start token, then the earlier choices

@@ -51,7 +51,7 @@ class MultiHeadAttention(nn.Module):
         return self.split_heads(k), self.split_heads(v)
 
     def qkv_weight(self, cache: dict | None) -> torch.Tensor:
-        """Return [W_Q | W_K | W_V] (d, 3d); with a decoding cache, concatenate once and keep it there."""
+        """Return [W_Q | W_K | W_V] (d, 3d). With a decoding cache, it is concatenated once and kept there."""
         if cache is None:
             return torch.cat((self.W_Q, self.W_K, self.W_V), dim=1)
         if "W_QKV" not in cache:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from conftest import CONF_DIR, REPO, write_params
 from nmt.config import compose
 from nmt.model import ModelConfig, Transformer
+from tiny_project import copy_repository
 
 TINY_OVERRIDES = [
     "data.max_train_pairs=300",
@@ -48,14 +48,7 @@ def dvc(project: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, data_dir) -> Path:
     """A copy of the repository with a tiny params.yaml, after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
-    for name in ("conf", "src", "dvc.yaml", ".dvc", ".dvcignore"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("cache", "tmp", "config.local",
-                                                                                  "__pycache__"))
-        elif source.exists():
-            shutil.copy(source, root / name)
+    root = copy_repository(tmp_path_factory.mktemp("project"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     write_params(root, compose(TINY_OVERRIDES + [f"data.local_dir={data_dir}"], CONF_DIR))
     os.environ.pop("NMT_DATA_DIR", None)

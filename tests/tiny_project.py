@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import CONF_DIR, write_params
+from conftest import CONF_DIR, REPO, write_params
 from nmt.config import Paths, compose
 from nmt.stages import prepare, tokenizer
 
@@ -65,3 +65,15 @@ def new_project(folder: Path, prepared: Path, cfg=None) -> Paths:
     if cfg is not None:
         write_params(folder, cfg)
     return Paths(folder)
+
+
+def copy_repository(root: Path) -> Path:
+    """Copy what `dvc repro` needs (configs, sources, dvc.yaml and the DVC config, not its cache) into ``root``."""
+    for name in ("conf", "src", "dvc.yaml", ".dvc", ".dvcignore"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("cache", "tmp", "config.local",
+                                                                                  "__pycache__"))
+        elif source.exists():
+            shutil.copy(source, root / name)
+    return root

@@ -4,6 +4,7 @@ Use it for sweeps outside DVC:
 
     nmt-pipeline model=tiny optim.lr=0.002                  # one job
     nmt-pipeline -m model=tiny,small                        # a multirun sweep, one job per value
+    nmt-pipeline -m hydra/launcher=joblib hydra.launcher.n_jobs=2 model=tiny,small   # two jobs at a time
 
 Config comes from ``conf/`` in the current folder. Each job writes its data, models and reports under its
 own Hydra output folder (``outputs/...`` or ``multirun/.../<job number>``) and logs to the MLflow store that

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nmt.config import tracking_uri
+from nmt.config import tracking_uri as configured_tracking_uri
 
 log = logging.getLogger(__name__)
+
+# Path parts of the folder in which DVC 3 clones the repository for `dvc exp run --queue` and `--temp`
+# (<project>/.dvc/tmp/exps/tmpXXXX, or .../exps/standalone/tmpXXXX).
+DVC_EXPERIMENT_TEMP_PARTS = (".dvc", "tmp", "exps")
 
 
 def flatten(cfg) -> dict[str, str]:
@@ -27,6 +34,34 @@ def flatten(cfg) -> dict[str, str]:
     return flat
 
 
+def project_store_uri(uri: str, cwd: Path | None = None) -> str:
+    """Return ``uri``, with a relative SQLite path resolved against the project when ``cwd`` is a DVC temp clone.
+
+    DVC runs queued and ``--temp`` experiments in a clone under ``<project>/.dvc/tmp/exps/`` and deletes the
+    clone afterwards, together with any store at a path relative to it. Such a path is therefore resolved
+    against ``<project>``, so that those runs land in the project's store next to the workspace runs.
+    Other URIs, and relative paths outside a temp clone, are returned unchanged.
+    """
+    if not uri.startswith("sqlite:///"):
+        return uri
+    database = Path(uri.removeprefix("sqlite:///"))
+    if database.is_absolute():
+        return uri
+    cwd = (cwd or Path.cwd()).resolve()
+    for folder in cwd.parents:
+        if folder.parts[-len(DVC_EXPERIMENT_TEMP_PARTS):] == DVC_EXPERIMENT_TEMP_PARTS:
+            project = folder.parents[len(DVC_EXPERIMENT_TEMP_PARTS) - 1]
+            resolved = f"sqlite:///{project / database}"
+            log.info("DVC temp clone %s: logging to the project's MLflow store %s", cwd, resolved)
+            return resolved
+    return uri
+
+
+def tracking_uri(cfg) -> str:
+    """Return the MLflow tracking URI of ``cfg`` (``MLFLOW_TRACKING_URI`` first), see ``project_store_uri``."""
+    return project_store_uri(configured_tracking_uri(cfg))
+
+
 def artifact_location(uri: str) -> str | None:
     """Return the artifact folder for a local SQLite store: ``mlartifacts/`` next to the database file.
 
@@ -36,6 +71,42 @@ def artifact_location(uri: str) -> str | None:
         return None
     database = Path(uri.removeprefix("sqlite:///"))
     return (database.parent / "mlartifacts").resolve().as_uri()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the duration of the block."""
+    try:
+        import fcntl
+    except ImportError:  # NOTE: no lock on Windows, so parallel jobs there can still race on a new store.
+        yield
+        return
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def open_client(uri: str):
+    """Return an MlflowClient for ``uri``, creating the tables of a new SQLite store under a file lock.
+
+    MLflow 3.17 creates the tables of a new SQLite store and runs its schema migrations when it first opens the
+    store, without a lock. Parallel sweep jobs that open the same new store at once then both migrate it, and
+    one of them fails with alembic's "Online migration expected to match one row". Opening the store under a
+    file lock makes the first job create it and the others wait and find it complete. The lock file sits in
+    the temporary folder, named after the database path, so it only serializes processes on one machine.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+    with _exclusive_lock(Path(tempfile.gettempdir()) / f"nmt-mlflow-init-{digest}.lock"):
+        # The constructor opens the store, and MLflow caches it per URI for the rest of the process.
+        return MlflowClient(tracking_uri=uri)
 
 
 class TrackingServerError(RuntimeError):
@@ -67,9 +138,8 @@ def ensure_experiment(uri: str, name: str, attempts: int = 5) -> str:
     import time
 
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    tracking = MlflowClient(tracking_uri=uri)
+    tracking = open_client(uri)
     for attempt in range(attempts):
         experiment = tracking.get_experiment_by_name(name)
         if experiment is not None:
@@ -104,6 +174,4 @@ def make_logger(cfg, run_name: str, run_id: str | None = None):
 
 
 def client(cfg):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri(cfg))
+    return open_client(tracking_uri(cfg))

@@ -43,7 +43,7 @@ from nmt.io import atomic_dir, atomic_path
 from nmt.plots import plot_grad_norms
 from nmt.stages.common import run_stage
 from nmt.tracking import client as tracking_client
-from nmt.tracking import flatten, make_logger
+from nmt.tracking import check_reachable, flatten, make_logger, tracking_uri
 from nmt.loss import sequence_loss
 from nmt.tokenizer import PAD_ID
 from nmt.training.averaging import WeightSnapshots
@@ -66,9 +66,10 @@ def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss, early_stop: E
     return "max_time"
 
 
-def build_trainer(cfg, paths: Paths, logger, callbacks: list) -> L.Trainer:
+def build_trainer(cfg, paths: Paths, logger, callbacks: list, **trainer_kwargs) -> L.Trainer:
+    """Build the Lightning Trainer from ``cfg.trainer``; ``trainer_kwargs`` add or replace Trainer arguments."""
     t = cfg.trainer
-    return L.Trainer(
+    arguments = dict(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -87,6 +88,8 @@ def build_trainer(cfg, paths: Paths, logger, callbacks: list) -> L.Trainer:
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the token batch sampler splits batches across ranks itself
     )
+    arguments.update(trainer_kwargs)
+    return L.Trainer(**arguments)
 
 
 def open_mlflow_run(cfg, state: ResumeState, interrupted_run_id: str | None):
@@ -126,6 +129,7 @@ def run(cfg, paths: Paths) -> dict:
     The summary has the keys mlflow_run_id, wall_time_s (summed over resumed processes), epochs, steps,
     best_val_loss, parameters, stop_reason and resumed_from_step (None unless this process resumed).
     """
+    check_reachable(tracking_uri(cfg))  # before the data and model are built
     L.seed_everything(cfg.seed, workers=True)
     datamodule = TranslationDataModule(cfg, paths)
     datamodule.setup()
@@ -151,13 +155,18 @@ def run(cfg, paths: Paths) -> dict:
     target_stop = StopAtTargetLoss(cfg.train.target_loss)
     validation = ValidationTranslations(val_source, val_target, datamodule.tokenizer, cfg.decode,
                                         cfg.train.val_samples, bleu=cfg.train.val_bleu)
+    # Two callbacks: with save_last, Lightning refreshes last.ckpt only when best.ckpt changes.
     checkpoint = ModelCheckpoint(
-        dirpath=state.model_checkpoints, filename="best", monitor=monitor, mode=mode, save_last=True,
+        dirpath=state.model_checkpoints, filename="best", monitor=monitor, mode=mode,
+        enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    last_checkpoint = ModelCheckpoint(
+        dirpath=state.model_checkpoints, filename="last", monitor=None, save_top_k=1,
         enable_version_counter=False, auto_insert_metric_name=False,
     )
     started = time.perf_counter()
     previous_wall_time = state.wall_time_s
-    callbacks = [validation, checkpoint, grad_norms, target_stop]
+    callbacks = [validation, checkpoint, last_checkpoint, grad_norms, target_stop]
     early_stop = None
     if cfg.train.early_stopping_patience is not None:
         early_stop = EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience)
@@ -229,7 +238,7 @@ def validation_loss(model, datamodule: TranslationDataModule) -> float:
     model.eval()
     loss_sum, tokens = 0.0, 0
     with torch.inference_mode():
-        for batch in datamodule.val_dataloader():
+        for batch in datamodule.whole_val_dataloader():
             loss, n_tokens = sequence_loss(model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID)
             loss_sum += float(loss) * n_tokens
             tokens += n_tokens

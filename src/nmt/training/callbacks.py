@@ -118,7 +118,10 @@ class StopAtTargetLoss(L.Callback):
         if self.target_loss is None:
             return
         epoch_loss = trainer.callback_metrics.get("train/loss_epoch")
-        if epoch_loss is not None and float(epoch_loss) <= self.target_loss:
+        reached = epoch_loss is not None and float(epoch_loss) <= self.target_loss
+        # Lightning does not synchronize ``should_stop`` across ranks, and a rank that stops alone leaves the
+        # others waiting in the next collective, so the ranks decide together (any rank that reached it stops all).
+        if trainer.strategy.reduce_boolean_decision(reached, all=False):
             self.reached_at_epoch = trainer.current_epoch
             trainer.should_stop = True
             log.info("training loss %.4f reached target %.4f at epoch %d", float(epoch_loss), self.target_loss,

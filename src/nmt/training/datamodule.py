@@ -15,24 +15,42 @@ from nmt.tokenizer import Tokenizer
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader over a ``TokenBatchSampler`` whose position within an epoch is saved in checkpoints.
+    """A DataLoader over a ``TokenBatchSampler`` that sets the sampler's epoch and saves its position in checkpoints.
+
+    Lightning calls ``set_epoch`` on a DataLoader's ``sampler`` and on ``batch_sampler.sampler`` only (Lightning
+    2.6, ``lightning.fabric.utilities.data._set_sampler_epoch``), never on the batch sampler itself. So every
+    ``iter()`` sets the sampler's epoch to ``epoch()``, the training loop's epoch counter, and each epoch gets
+    its own batch order.
 
     Lightning stores ``state_dict()`` in every checkpoint and, when training resumes from one, calls
-    ``load_state_dict`` before it iterates again. The sampler then continues the saved epoch after the batches
-    that were already trained on, so a run resumed mid-epoch trains on the same batches as an uninterrupted one.
-    ``batches_done`` returns how many batches of the current epoch the training loop has processed.
+    ``load_state_dict`` before it iterates again. If that iteration is for the saved epoch, it starts after the
+    batches that were already trained on, so a run resumed mid-epoch trains on the same batches as an
+    uninterrupted one. ``batches_done`` returns how many batches of the current epoch the training loop has
+    processed.
     """
 
-    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
+    def __init__(self, *args, batches_done: Callable[[], int], epoch: Callable[[], int], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
+        self.epoch = epoch
+        self._resume_position: tuple[int, int] | None = None
+
+    def __iter__(self):
+        epoch = self.epoch()
+        self.batch_sampler.set_epoch(epoch)
+        if self._resume_position is not None:
+            saved_epoch, batches_done = self._resume_position
+            self._resume_position = None
+            # A checkpoint saved at the end of an epoch resumes at the start of the next one, with no batch skipped.
+            if saved_epoch == epoch:
+                self.batch_sampler.skip_next(batches_done)
+        return super().__iter__()
 
     def state_dict(self) -> dict:
         return {"epoch": self.batch_sampler.epoch, "batches_done": int(self.batches_done())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.skip_next(state["batches_done"])
+        self._resume_position = (state["epoch"], state["batches_done"])
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -67,15 +85,17 @@ class TranslationDataModule(L.LightningDataModule):
             if split not in self.examples:
                 self.load_split(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, all_ranks: bool = False) -> DataLoader:
+        """Return the batches of ``split`` for this rank, or every rank's batches when ``all_ranks`` is true."""
         examples = self.examples[split]
+        split_across_ranks = self.trainer is not None and not all_ranks
         sampler = TokenBatchSampler(
             [(len(e.src), len(e.tgt)) for e in examples],
             max_tokens=self.cfg.train.max_tokens,
             shuffle=shuffle,
             seed=self.cfg.seed,
-            num_replicas=self.trainer.world_size if self.trainer else 1,
-            rank=self.trainer.global_rank if self.trainer else 0,
+            num_replicas=self.trainer.world_size if split_across_ranks else 1,
+            rank=self.trainer.global_rank if split_across_ranks else 0,
         )
         # A private generator: creating a DataLoader iterator draws a seed from its generator, and drawing it
         # from the global one would shift the dropout masks between an interrupted and an uninterrupted run.
@@ -84,7 +104,7 @@ class TranslationDataModule(L.LightningDataModule):
             return DataLoader(examples, batch_sampler=sampler, collate_fn=collate, generator=generator)
         return ResumableDataLoader(
             examples, batch_sampler=sampler, collate_fn=collate, generator=generator,
-            batches_done=self._train_batches_done,
+            batches_done=self._train_batches_done, epoch=self._train_epoch,
         )
 
     def _train_batches_done(self) -> int:
@@ -93,8 +113,18 @@ class TranslationDataModule(L.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def _train_epoch(self) -> int:
+        """Return the epoch that the training loop is in or about to start, the value Lightning gives samplers."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
+
+    def whole_val_dataloader(self) -> DataLoader:
+        """Return every validation batch, also on one rank of a multi-process run (for scoring after training)."""
+        return self._loader("val", shuffle=False, all_ranks=True)

@@ -64,13 +64,41 @@ class TranslationModule(L.LightningModule):
         loss, n_tokens = sequence_loss(
             self.model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID, self.cfg.train.label_smoothing
         )
-        # Decided across ranks: a rank that raised alone would leave the others waiting in the gradient all-reduce.
-        non_finite = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
-        if non_finite:
+        if self.trainer.world_size > 1:
+            return self._distributed_training_step(loss, n_tokens, batch_idx)
+
+        if not bool(torch.isfinite(loss)):
             self._raise_non_finite("training", float(loss.detach()), batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_tokens)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def _distributed_training_step(self, loss: torch.Tensor, n_tokens: int, batch_idx: int) -> torch.Tensor:
+        """Return this rank's loss scaled so that DDP's gradient average is the gradient of the global token mean.
+
+        Each rank's ``loss`` is the mean over its own ``n_tokens`` target tokens, and DDP averages the gradients
+        of the ``W`` ranks. Rank r scales its loss by ``W * n_r / N``, where ``N`` is the token count of all
+        ranks. The average then becomes ``sum_r (n_r / N) * grad(loss_r)``, the gradient of the mean over all N
+        tokens, which one process that trains on the union of the ranks' batches would compute.
+        """
+        # One all-reduce gives the global token count, the global loss sum and the number of ranks whose loss is
+        # not finite. Every rank then takes the same decision, so no rank raises alone and leaves the others
+        # waiting in the gradient all-reduce.
+        local = torch.stack([
+            torch.tensor(float(n_tokens), dtype=torch.float64, device=loss.device),
+            loss.detach().to(torch.float64) * n_tokens,
+            (~torch.isfinite(loss.detach())).to(torch.float64),
+        ])
+        global_tokens, global_loss_sum, non_finite_ranks = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        global_loss = global_loss_sum / global_tokens
+        if non_finite_ranks > 0:
+            self._raise_non_finite("training", global_loss, batch_idx)
+
+        # Every rank logs the same global value, so the epoch mean (weighted by tokens) is equal on all ranks too.
+        self.log("train/loss", global_loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=int(global_tokens))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss * (self.trainer.world_size * n_tokens / global_tokens)
 
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum, self._val_tokens = 0.0, 0

@@ -35,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reports-dir", default="reports", help="folder of quality.json and quality.md")
     parser.add_argument("--mlflow-store", default=None,
                         help="where the run's MLflow store lives, for the report (default: the run's tracking URI)")
+    parser.add_argument("--conditions", default=None,
+                        help="how the run was made (threads, other load on the machine), stored with its figures")
     return parser.parse_args()
 
 
@@ -44,11 +46,30 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def check_recipe(project: Path, experiment: str, params: dict) -> None:
+    """Raise SystemExit unless ``params`` (the finished run's config) is what ``experiment`` composes to."""
+    from omegaconf import OmegaConf
+
+    from nmt.config import compose
+
+    expected = OmegaConf.to_container(compose([f"experiment={experiment}"], project / "conf"), resolve=True)
+    for group, key in (("data", "name"), ("model", "name"), ("model", "d_model"), ("optim", "lr"),
+                       ("trainer", "max_time_minutes")):
+        if params[group][key] != expected[group][key]:
+            raise SystemExit(
+                f"{project}/params.yaml has {group}.{key}={params[group][key]!r}, but experiment={experiment} sets "
+                f"{expected[group][key]!r}; pass the experiment that produced this run, or rerun it with "
+                f"dvc exp run -S experiment={experiment}"
+            )
+
+
 def run_entry(project: Path, experiment: str, mlflow_store: str | None) -> tuple[str, dict]:
     """Return (language pair key, its quality.json entry) of the finished run in ``project``."""
     metrics = read_json(project / "reports" / "metrics.json")
     summary = read_json(project / "models" / "train_summary.json")
     params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+
+    check_recipe(project, experiment, params)
 
     entry: dict = {}
     for test_set in TEST_SETS:
@@ -129,6 +150,8 @@ def markdown(report: dict) -> str:
         ]
         if greedy:
             lines.append(f"- test_2016_flickr greedy: bleu_lc_tok {greedy['bleu_lc_tok']}, bleu {greedy['bleu']}.")
+        if entry.get("conditions"):
+            lines.append(f"- Conditions: {entry['conditions']}")
         lines += [f"- MLflow run `{entry['mlflow_run_id']}` in `{entry['mlflow_store']}`.", ""]
     return "\n".join(lines)
 
@@ -137,6 +160,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args()
     pair, entry = run_entry(Path(args.project), args.experiment, args.mlflow_store)
+    if args.conditions:
+        entry["conditions"] = args.conditions
 
     reports = Path(args.reports_dir)
     json_path = reports / "quality.json"

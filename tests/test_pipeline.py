@@ -101,6 +101,21 @@ def test_samples_md_lists_sentences(project):
 
 @pytest.mark.slow
 def test_quality_report_records_the_run(project, tmp_path):
+    # A recipe that composes to the tiny params of the project, as conf/experiment/*.yaml do for real runs.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    recipe = {"defaults": [{"override /model": "tiny"}], "model": {"d_model": params["model"]["d_model"]},
+              "trainer": {"max_time_minutes": params["trainer"]["max_time_minutes"]}}
+    (project / "conf" / "experiment" / "tiny_check.yaml").write_text("# @package _global_\n" + yaml.safe_dump(recipe))
+
+    wrong = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--experiment", "multi30k_en_de", "--project",
+         str(project), "--reports-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert wrong.returncode != 0
+    assert "data.name='multi30k_en_fr'" in wrong.stderr
+    assert not (tmp_path / "quality.json").exists()
+
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--experiment", "tiny_check", "--project",
          str(project), "--reports-dir", str(tmp_path)],

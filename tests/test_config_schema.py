@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -123,3 +124,17 @@ def test_stage_rejects_bad_params_before_work(tmp_path):
 
 def test_params_yaml_passes_check():
     load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "optim.lr=-1.0 must be positive"),
+    ("model=nonexistent", "Could not find 'model/nonexistent'"),
+    ("+model.foo=1", "unknown config key 'model.foo'"),
+])
+def test_nmt_command_reports_config_error_in_one_line(override, message, caplog):
+    from nmt.cli import main
+
+    with caplog.at_level(logging.ERROR, logger="nmt"):
+        assert main(["weights", override, "--config-dir", str(CONF_DIR)]) == 2
+    assert message in caplog.text
+    assert "Traceback" not in caplog.text

@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+log = logging.getLogger("nmt")
+
 SUBCOMMANDS = ("translate", "gradcheck", "weights")
 
 
@@ -28,7 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except config_errors() as error:
+        # A config the user can fix: one line with the key, value and fix, not a traceback.
+        log.error("%s", str(error).strip())
+        return 2
+
+
+def config_errors() -> tuple[type[Exception], ...]:
+    """Return the exception types of an invalid config or a missing config folder or group option."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nmt.config import ConfigError
+
+    return (ConfigError, HydraException, OmegaConfBaseException)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,12 @@ def test_experiment_recipes_compose_and_pass_checks(pair):
     check(cfg)
     assert cfg.data.name == f"multi30k_{pair}"
     assert (cfg.model.name, cfg.model.d_model, cfg.model.n_encoder_layers, cfg.model.d_ff) == ("tiny", 128, 4, 256)
-    assert cfg.model.dropout == 0.3 and cfg.model.tie_embeddings
-    assert cfg.train.label_smoothing == 0.1 and cfg.optim.betas == [0.9, 0.98]
-    assert cfg.train.monitor == "val/bleu" and cfg.train.average_last_n > 1
+    assert cfg.model.dropout == 0.3
+    assert cfg.model.tie_embeddings
+    assert cfg.train.label_smoothing == 0.1
+    assert cfg.optim.betas == [0.9, 0.98]
+    assert cfg.train.monitor == "val/bleu"
+    assert cfg.train.average_last_n > 1
     assert cfg.trainer.max_time_minutes <= 120   # a quality run trains for at most 2 hours
 
 

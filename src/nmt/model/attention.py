@@ -128,7 +128,7 @@ def append_keys_values(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[t
     """Append new keys and values (B, heads, L, d_k) to a self-attention cache and return all of them.
 
     The cache keeps them in preallocated buffers with spare positions, so a decoding step copies only its new
-    positions; ``cache["k"]`` and ``cache["v"]`` are views of the filled part (B, heads, length, d_k).
+    positions. ``cache["k"]`` and ``cache["v"]`` are views of the filled part (B, heads, length, d_k).
     """
     length = cache["k"].shape[2] if "k" in cache else 0
     new_length = length + k.shape[2]

@@ -40,12 +40,12 @@ from omegaconf import OmegaConf
 from nmt.config import Paths
 from nmt.evaluation import score
 from nmt.io import atomic_dir, atomic_path
+from nmt.loss import sequence_loss
 from nmt.plots import plot_grad_norms
 from nmt.stages.common import run_stage
+from nmt.tokenizer import PAD_ID
 from nmt.tracking import client as tracking_client
 from nmt.tracking import check_reachable, flatten, make_logger, tracking_uri
-from nmt.loss import sequence_loss
-from nmt.tokenizer import PAD_ID
 from nmt.training.averaging import WeightSnapshots
 from nmt.training.callbacks import GradNormLogger, StopAtTargetLoss, ValidationTranslations
 from nmt.training.datamodule import TranslationDataModule
@@ -67,7 +67,7 @@ def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss, early_stop: E
 
 
 def build_trainer(cfg, paths: Paths, logger, callbacks: list, **trainer_kwargs) -> L.Trainer:
-    """Build the Lightning Trainer from ``cfg.trainer``; ``trainer_kwargs`` add or replace Trainer arguments."""
+    """Build the Lightning Trainer from ``cfg.trainer``. ``trainer_kwargs`` add or replace Trainer arguments."""
     t = cfg.trainer
     arguments = dict(
         accelerator=t.accelerator,
@@ -249,21 +249,20 @@ def validation_scores(model, datamodule: TranslationDataModule, validation: Vali
     """Return val loss and, when validation BLEU is on, greedy val BLEU of ``model``."""
     scores = {"val_loss": round(validation_loss(model, datamodule), 4), "val_bleu": None}
     if validation.bleu:
-        with torch.inference_mode():
-            hypotheses = validation.translate(model, validation.sources)
+        hypotheses = validation.translate(model, validation.sources)   # greedy decoding runs in inference mode
         scores["val_bleu"] = score(hypotheses, validation.references)["bleu"]
     return scores
 
 
 def select_model(cfg, datamodule, validation: ValidationTranslations, state: ResumeState,
                  snapshots: WeightSnapshots | None) -> dict:
-    """Score the best checkpoint and the averaged weights on ``val``; name the better one for evaluation.
+    """Score the best checkpoint and the averaged weights on ``val``, and name the better one for evaluation.
 
     Both are scored again in fp32 with the same functions, so the comparison does not depend on the training
     precision. Returns {"summary": fields for train_summary.json, "average": averaged state dict or absent}.
     """
-    better = max if cfg.train.monitor == "val/bleu" else min
-    key = "val_bleu" if cfg.train.monitor == "val/bleu" else "val_loss"
+    higher_is_better = cfg.train.monitor == "val/bleu"
+    key = "val_bleu" if higher_is_better else "val_loss"
 
     best_model, _ = load_model(state.model_checkpoints / "best.ckpt")
     best = validation_scores(best_model, datamodule, validation)
@@ -276,7 +275,8 @@ def select_model(cfg, datamodule, validation: ValidationTranslations, state: Res
     average = validation_scores(best_model, datamodule, validation)
     summary.update(average_val_loss=average["val_loss"], average_val_bleu=average["val_bleu"],
                    averaged_steps=snapshots.steps)
-    if better(average[key], best[key]) == average[key] and average[key] != best[key]:
+    improved = average[key] > best[key] if higher_is_better else average[key] < best[key]
+    if improved:
         summary["checkpoint"] = "average.ckpt"
     log.info("validation %s: best checkpoint %s, average of the last %d validations %s; evaluating %s",
              key, best[key], len(snapshots.snapshots), average[key], summary["checkpoint"])

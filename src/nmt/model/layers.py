@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.model.attention import MultiHeadAttention
+from nmt.model.dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -27,7 +28,7 @@ class FeedForward(nn.Module):
         self.b_2 = nn.Parameter(torch.zeros(d_model))
         nn.init.xavier_uniform_(self.W_1)
         nn.init.xavier_uniform_(self.W_2)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.linear fuses each bias add into the matmul and keeps bf16 autocast in bf16.
@@ -47,7 +48,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(d_model, d_ff, activation_dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, x: torch.Tensor, src_attn_mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nmt.model.attention import causal_mask, padding_mask_to_attn_mask
+from nmt.model.dropout import Dropout
 from nmt.model.layers import DecoderLayer, EncoderLayer
 
 
@@ -98,7 +99,7 @@ class Transformer(nn.Module):
         for embedding in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
             nn.init.normal_(embedding.weight, mean=0.0, std=c.d_model**-0.5)
         self.register_buffer("positions", sinusoidal_positions(c.max_positions, c.d_model), persistent=False)
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = Dropout(c.dropout)
 
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.attention_dropout, c.activation_dropout)

@@ -27,9 +27,11 @@ from nmt.gradcheck import (
     fixed_batch,
     run_gradcheck,
 )
+import nmt.loss
 from nmt.loss import sequence_loss, token_cross_entropy
 from nmt.model import ModelConfig, Transformer
 from nmt.model.attention import MultiHeadAttention, causal_mask, padding_mask_to_attn_mask
+from nmt.model.dropout import Dropout
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from nmt.training.module import TranslationModule
 
@@ -447,6 +449,94 @@ def test_extra_padding_leaves_loss(label_smoothing):
         )
     assert padded_tokens == n_tokens
     torch.testing.assert_close(padded_loss, loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_chunked_loss_matches_whole(monkeypatch, label_smoothing):
+    """Loss and every gradient are the same whether the output layer runs in one chunk or in ragged ones."""
+    batch = make_batch()
+    n_real = int(real_positions(batch).sum())
+
+    def loss_and_grads(chunk_rows: int):
+        monkeypatch.setattr(nmt.loss, "LOSS_CHUNK_ELEMENTS", chunk_rows * VOCAB_SIZE)
+        model = make_model(tie_embeddings=True)
+        loss, n_tokens = sequence_loss(
+            model, batch["src"], batch["tgt_in"], batch["tgt_out"], PAD_ID, label_smoothing
+        )
+        loss.backward()
+        return loss, n_tokens, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    whole_loss, whole_tokens, whole_grads = loss_and_grads(n_real)
+    chunked_loss, chunked_tokens, chunked_grads = loss_and_grads(4)     # n_real is not a multiple of 4
+
+    assert n_real % 4 != 0
+    assert chunked_tokens == whole_tokens == n_real
+    torch.testing.assert_close(chunked_loss, whole_loss, atol=1e-12, rtol=1e-12)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_sequence_loss_without_real_tokens_is_zero():
+    model = make_model()
+    batch = make_batch()
+    all_padding = torch.full_like(batch["tgt_out"], PAD_ID)
+    loss, n_tokens = sequence_loss(model, batch["src"], batch["tgt_in"], all_padding, PAD_ID, 0.1)
+    assert n_tokens == 0
+    assert float(loss) == 0.0
+
+
+# Dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_dropout_keeps_expected_fraction_and_scale(p):
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 0.5                                   # no zeros of its own
+    y = Dropout(p).train()(x)
+
+    kept = y != 0
+    # Binomial standard deviation of the kept fraction over 1e6 elements is below 5e-4.
+    assert abs(float(kept.float().mean()) - (1 - p)) < 3e-3
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), atol=0, rtol=1e-6)
+    assert abs(float(y.mean()) / float(x.mean()) - 1) < 5e-3
+
+
+def test_dropout_gradient_is_mask_times_scale():
+    torch.manual_seed(1)
+    x = torch.randn(50, 40, dtype=torch.float64, requires_grad=True)
+    y = Dropout(0.3).train()(x)
+    y.sum().backward()
+
+    expected = (y.detach() != 0).double() / 0.7
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_dropout_is_identity_in_eval_mode_and_at_zero():
+    x = torch.randn(8, 16)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_dropout_follows_the_torch_seed():
+    x = torch.randn(64, 32)
+    torch.manual_seed(5)
+    first = Dropout(0.3).train()(x)
+    torch.manual_seed(5)
+    second = Dropout(0.3).train()(x)
+    assert torch.equal(first, second)
+
+
+def test_dropout_of_bf16_is_float32():
+    y = Dropout(0.3).train()(torch.ones(4, 4, dtype=torch.bfloat16))
+    assert y.dtype == torch.float32
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.7))    # the float32 scale, not bf16's 1.4297
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_rejects_bad_probability(p):
+    with pytest.raises(ValueError, match=f"invalid dropout probability {p}: use a value in"):
+        Dropout(p)
 
 
 # Update rule

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from nmt.data.parallel import read_lines
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 
 SPECIAL_TEXT = ["a </s> b", "<s> two dogs", "a <pad> cat <unk>", "</s></s><s>", "x < y > z / w"]

@@ -15,8 +15,6 @@ so each such tensor paid for page faults on first touch, and the output layer wi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -56,5 +54,6 @@ def sequence_loss(
     loss_sum = sum(
         token_cross_entropy(model.output(h), y, label_smoothing) * len(y)
         for h, y in zip(hidden.split(rows), targets.split(rows))
+        if len(y) > 0                                                   # split() of an empty T gives one empty chunk
     ) + hidden.new_zeros(())                                            # a tensor even when T = 0
     return loss_sum / max(n_tokens, 1), n_tokens

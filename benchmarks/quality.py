@@ -152,7 +152,7 @@ def markdown(report: dict) -> str:
             lines.append(f"- test_2016_flickr greedy: bleu_lc_tok {greedy['bleu_lc_tok']}, bleu {greedy['bleu']}.")
         if entry.get("conditions"):
             lines.append(f"- Conditions: {entry['conditions']}")
-        lines += [f"- MLflow run `{entry['mlflow_run_id']}` in `{entry['mlflow_store']}`.", ""]
+        lines += [f"- MLflow run `{entry['mlflow_run_id']}` in {entry['mlflow_store']}.", ""]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,44 @@ def test_hydra_pipeline_job(tmp_path, data_dir):
     assert metrics["train"]["epochs"] == 1
     assert (job_dir / "params.yaml").is_file()
     assert (job_dir / "models" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_hydra_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
+    """With trainer=ddp_cpu the second rank reruns the job: it must skip the data stages and evaluate."""
+    job_dir = tmp_path / "job"
+    store = tmp_path / "mlflow.db"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
+    command = [
+        str(Path(sys.executable).parent / "nmt-pipeline"),
+        *overrides,
+        "trainer=ddp_cpu",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1",
+        f"data.local_dir={data_dir}",
+        f"mlflow.tracking_uri=sqlite:///{store}",
+        f"hydra.run.dir={job_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, output[-3000:]
+    assert "rank 1: prepare, tokenizer and references were run by rank 0" in output
+    assert (job_dir / "reports" / "metrics.json").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    # evaluate logs each test score once; a second evaluating rank would log it twice
+    assert len(client.get_metric_history(runs[0].info.run_id, "test_2016_flickr/bleu")) == 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import HYDRA_VERSION_BASE, Paths, check
@@ -26,6 +27,15 @@ from nmt.config import HYDRA_VERSION_BASE, Paths, check
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = os.path.join(os.getcwd(), "conf")
+
+
+def require_prepared(paths: Paths, rank: int) -> None:
+    """Raise FileNotFoundError unless rank 0 has written the tokenizer that training needs."""
+    if not paths.tokenizer_model.is_file():
+        raise FileNotFoundError(
+            f"rank {rank}: tokenizer not found at {paths.tokenizer_model}. Start the other ranks after rank 0 has "
+            "run prepare, tokenizer and references, or run those stages first (dvc repro references)"
+        )
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=HYDRA_VERSION_BASE)
@@ -37,10 +47,21 @@ def main(cfg: DictConfig) -> float:
     paths = Paths(Path(HydraConfig.get().runtime.output_dir))
     (paths.root / "params.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
 
-    prepare.run(cfg, paths)
-    tokenizer.run(cfg, paths)
-    references.run(cfg, paths)
+    # With a multi-process trainer (trainer=ddp_cpu), Lightning starts the other ranks by running this job
+    # again in the same folder. Rank 0 has prepared the data by then, and it alone evaluates.
+    rank = rank_zero_only.rank
+    if rank == 0:
+        prepare.run(cfg, paths)
+        tokenizer.run(cfg, paths)
+        references.run(cfg, paths)
+    else:
+        require_prepared(paths, rank)
+        log.info("rank %d: prepare, tokenizer and references were run by rank 0", rank)
+
     train.run(cfg, paths)
+    if rank != 0:
+        return float("nan")
+
     metrics = evaluate.run(cfg, paths)
     first_test_set = cfg.evaluate.test_sets[0]
     log.info("job finished in %s: %s BLEU %.2f", paths.root, first_test_set, metrics[first_test_set]["bleu"])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +26,7 @@ from nmt.stages import references as references_stage
 from nmt.tokenizer import PAD_ID
 from nmt.training.datamodule import TranslationDataModule
 from nmt.training.module import TranslationModule
-from tiny_project import new_project, prepared_folder, tiny_config
+from tiny_project import new_project, prepared_folder, stage_env, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,21 +54,6 @@ DDP_OVERRIDES = [
 # token weighting in TranslationModule (plain DDP averaging of per-rank means) the same run differs by 2.8e-5
 # at step 1 and 9e-4 by the end, so the tolerance catches it from the first update on.
 LOSS_RTOL = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stage_env() -> dict[str, str]:
-    """Return the environment for a stage subprocess: one thread per rank, rendezvous on 127.0.0.1 only."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -470,7 +470,8 @@ def test_chunked_loss_matches_whole(monkeypatch, label_smoothing):
     chunked_loss, chunked_tokens, chunked_grads = loss_and_grads(4)     # n_real is not a multiple of 4
 
     assert n_real % 4 != 0
-    assert chunked_tokens == whole_tokens == n_real
+    assert whole_tokens == n_real
+    assert chunked_tokens == n_real
     torch.testing.assert_close(chunked_loss, whole_loss, atol=1e-12, rtol=1e-12)
     for name, grad in whole_grads.items():
         torch.testing.assert_close(chunked_grads[name], grad, atol=1e-12, rtol=1e-10, msg=name)
@@ -494,10 +495,10 @@ def test_dropout_keeps_expected_fraction_and_scale(p):
     x = torch.rand(1000, 1000) + 0.5                                   # no zeros of its own
     y = Dropout(p).train()(x)
 
-    kept = y != 0
+    kept_mask = y != 0
     # Binomial standard deviation of the kept fraction over 1e6 elements is below 5e-4.
-    assert abs(float(kept.float().mean()) - (1 - p)) < 3e-3
-    torch.testing.assert_close(y[kept], x[kept] / (1 - p), atol=0, rtol=1e-6)
+    assert abs(float(kept_mask.float().mean()) - (1 - p)) < 3e-3
+    torch.testing.assert_close(y[kept_mask], x[kept_mask] / (1 - p), atol=0, rtol=1e-6)
     assert abs(float(y.mean()) / float(x.mean()) - 1) < 5e-3
 
 
@@ -511,9 +512,13 @@ def test_dropout_gradient_is_mask_times_scale():
     torch.testing.assert_close(x.grad, expected)
 
 
-def test_dropout_is_identity_in_eval_mode_and_at_zero():
+def test_dropout_eval_mode_is_identity():
     x = torch.randn(8, 16)
     assert Dropout(0.3).eval()(x) is x
+
+
+def test_dropout_zero_is_identity():
+    x = torch.randn(8, 16)
     assert Dropout(0.0).train()(x) is x
 
 
@@ -529,8 +534,8 @@ def test_dropout_follows_the_torch_seed():
 def test_dropout_of_bf16_is_float32():
     y = Dropout(0.3).train()(torch.ones(4, 4, dtype=torch.bfloat16))
     assert y.dtype == torch.float32
-    kept = y[y != 0]
-    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.7))    # the float32 scale, not bf16's 1.4297
+    kept_values = y[y != 0]
+    torch.testing.assert_close(kept_values, torch.full_like(kept_values, 1 / 0.7))   # float32 scale, not bf16's 1.4297
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])

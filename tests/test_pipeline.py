@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from conftest import CONF_DIR, REPO, write_params
 from nmt.config import compose
 from nmt.model import ModelConfig, Transformer
-from tiny_project import copy_repository
+from tiny_project import copy_repository, stage_env
 
 TINY_OVERRIDES = [
     "data.max_train_pairs=300",
@@ -204,7 +203,7 @@ def test_hydra_pipeline_job(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_hydra_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
+def test_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
     """With trainer=ddp_cpu the second rank reruns the job: it must skip the data stages and evaluate."""
     job_dir = tmp_path / "job"
     store = tmp_path / "mlflow.db"
@@ -219,11 +218,7 @@ def test_hydra_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
         f"mlflow.tracking_uri=sqlite:///{store}",
         f"hydra.run.dir={job_dir}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=stage_env(), capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
 
     assert result.returncode == 0, output[-3000:]
@@ -237,8 +232,3 @@ def test_hydra_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
     # evaluate logs each test score once; a second evaluating rank would log it twice
     assert len(client.get_metric_history(runs[0].info.run_id, "test_2016_flickr/bleu")) == 1
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

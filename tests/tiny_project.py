@@ -6,7 +6,9 @@ epoch, a one-layer model with d_model 32 and dropout 0.3 (so that RNG state matt
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from conftest import CONF_DIR, REPO, write_params
@@ -77,3 +79,18 @@ def copy_repository(root: Path) -> Path:
         elif source.exists():
             shutil.copy(source, root / name)
     return root
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stage_env() -> dict[str, str]:
+    """Return the environment for a stage subprocess: one thread per rank, rendezvous on 127.0.0.1 only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env

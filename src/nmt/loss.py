@@ -8,9 +8,9 @@ which is -(1/T) * sum_t log p_t(y_t) when eps = 0. Padding positions are dropped
 so they contribute nothing to the loss, its gradient, or the log-softmax work.
 
 The output layer and the loss run over chunks of about ``LOSS_CHUNK_ELEMENTS`` logits. One (T, V) tensor
-for a whole batch is tens of MB; glibc's malloc serves every block over 32 MB with a fresh ``mmap``,
-so each such tensor paid for page faults on first touch, and the output layer with its loss took about
-2.5x longer than in chunks of 256 rows.
+for a whole batch is tens of MB. Measured on CPU (2,000 tokens, vocabulary 8,000, one thread), the output
+layer with its loss took 270 ms forward and backward in one piece and 107 ms in chunks of 256 rows. The likely
+cause is that glibc's malloc returns such large blocks as fresh ``mmap`` pages, which fault on first touch.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def sequence_loss(
     hidden, targets = hidden[real], tgt_out[real]                       # (T, d), (T,)
     n_tokens = len(targets)
 
+    if n_tokens == 0:
+        return hidden.sum() * 0.0, 0                                    # zero, and still part of the graph
+
     rows = max(1, LOSS_CHUNK_ELEMENTS // model.output.b_out.numel())
-    loss_sum = sum(
-        token_cross_entropy(model.output(h), y, label_smoothing) * len(y)
-        for h, y in zip(hidden.split(rows), targets.split(rows))
-        if len(y) > 0                                                   # split() of an empty T gives one empty chunk
-    ) + hidden.new_zeros(())                                            # a tensor even when T = 0
-    return loss_sum / max(n_tokens, 1), n_tokens
+    loss_sum = 0.0
+    for hidden_chunk, target_chunk in zip(hidden.split(rows), targets.split(rows)):
+        logits = model.output(hidden_chunk)                             # (rows, V)
+        loss_sum = loss_sum + token_cross_entropy(logits, target_chunk, label_smoothing) * len(target_chunk)
+    return loss_sum / n_tokens, n_tokens

@@ -54,10 +54,10 @@ def check_recipe(project: Path, experiment: str, params: dict) -> None:
 
     expected = OmegaConf.to_container(compose([f"experiment={experiment}"], project / "conf"), resolve=True)
     for group, key in (("data", "name"), ("model", "name"), ("model", "d_model"), ("optim", "lr"),
-                       ("trainer", "max_time_minutes")):
-        if params[group][key] != expected[group][key]:
+                       ("optim", "cooldown_fraction"), ("trainer", "max_time_minutes")):
+        if params[group].get(key) != expected[group][key]:
             raise SystemExit(
-                f"{project}/params.yaml has {group}.{key}={params[group][key]!r}, but experiment={experiment} sets "
+                f"{project}/params.yaml has {group}.{key}={params[group].get(key)!r}, but experiment={experiment} sets "
                 f"{expected[group][key]!r}; pass the experiment that produced this run, or rerun it with "
                 f"dvc exp run -S experiment={experiment}"
             )

@@ -80,6 +80,8 @@ def test_wrong_type_rejected(override, message):
         ("data.max_length_ratio=0.5", r"data.max_length_ratio=0.5 must be at least 1"),
         ("trainer.precision=8-bit", r"trainer.precision='8-bit' is unknown"),
         ("optim.scheduler=cosine", r"optim.scheduler='cosine' is unknown"),
+        ("optim.cooldown_fraction=0", r"optim.cooldown_fraction=0.0 must be in \(0, 1\]"),
+        ("optim.cooldown_fraction=1.5", r"optim.cooldown_fraction=1.5 must be in \(0, 1\]"),
         ("evaluate.test_sets=[test_2018_flickr]", r"evaluate.test_sets has \['test_2018_flickr'\]"),
         ("data.tgt_lang=en", r"data.src_lang and data.tgt_lang are both 'en'"),
     ],
@@ -87,6 +89,12 @@ def test_wrong_type_rejected(override, message):
 def test_impossible_value_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
         compose([override], CONF_DIR)
+
+
+def test_cooldown_needs_time_limit():
+    with pytest.raises(ConfigError, match=r"optim.cooldown_fraction=0.2 is a share of the time limit.*"
+                                          r"trainer.max_time_minutes is null"):
+        compose(["optim.cooldown_fraction=0.2", "trainer.max_time_minutes=null"], CONF_DIR)
 
 
 def test_every_problem_reported_at_once():

@@ -126,3 +126,23 @@ def test_grad_norm_metric_per_weight(project):
         assert len(history) == summary["steps"], key
         assert sorted(point.step for point in history) == list(range(summary["steps"])), key
         assert all(point.value > 0 for point in history), key
+
+
+def test_cooldown_takes_lr_to_zero_by_time_limit(project):
+    # A 6-second budget with the cooldown spread over all of it: the lr falls from about the peak to near 0.
+    cfg = tiny_config(project, "null", max_epochs=10_000)
+    cfg.trainer.max_time_minutes = 0.1
+    cfg.optim.scheduler = "constant"
+    cfg.optim.cooldown_fraction = 1.0
+    peak = cfg.optim.lr
+
+    summary = train.run(cfg, project)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'mlflow.db'}")
+    history = sorted(client.get_metric_history(summary["mlflow_run_id"], "train/lr"), key=lambda point: point.step)
+    lrs = [point.value for point in history]
+    assert summary["stop_reason"] == "max_time"
+    assert len(lrs) >= 10
+    assert lrs[0] > 0.8 * peak
+    assert lrs[-1] < 0.2 * peak
+    assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:]))

@@ -175,6 +175,12 @@ def value_problems(cfg: DictConfig) -> list[str]:
     require(optim.warmup_steps >= 0, f"optim.warmup_steps={optim.warmup_steps} must be zero or positive")
     require(optim.grad_clip is None or optim.grad_clip > 0,
             f"optim.grad_clip={optim.grad_clip} must be positive; use null to disable clipping")
+    cooldown = optim.get("cooldown_fraction")
+    require(cooldown is None or 0 < cooldown <= 1,
+            f"optim.cooldown_fraction={cooldown} must be in (0, 1]; use null for no cooldown")
+    require(cooldown is None or cfg.trainer.max_time_minutes is not None,
+            f"optim.cooldown_fraction={cooldown} is a share of the time limit, but trainer.max_time_minutes is "
+            "null; set a time limit or use optim.cooldown_fraction=null")
 
     trainer = cfg.trainer
     require(str(trainer.precision) in PRECISIONS,

@@ -54,6 +54,7 @@ class OptimSchema:
     scheduler: str = MISSING
     warmup_steps: int = MISSING
     grad_clip: Optional[float] = None
+    cooldown_fraction: Optional[float] = None
 
 
 @dataclass

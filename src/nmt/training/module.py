@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -15,9 +16,12 @@ from omegaconf import OmegaConf
 from nmt.loss import sequence_loss
 from nmt.model import ModelConfig, Transformer
 from nmt.tokenizer import PAD_ID
-from nmt.training.schedule import lr_multiplier
+from nmt.training.schedule import cooldown_multiplier, lr_multiplier
 
 log = logging.getLogger(__name__)
+
+# How often (in optimizer steps) the share of the time budget spent is measured again for the lr cooldown.
+COOLDOWN_REFRESH_STEPS = 10
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +63,7 @@ class TranslationModule(L.LightningModule):
         self.model = Transformer(model_config)
         self._val_loss_sum = 0.0
         self._val_tokens = 0
+        self._time_fraction = None  # share of trainer.max_time_minutes spent; read by the lr cooldown
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, n_tokens = sequence_loss(
@@ -99,6 +104,26 @@ class TranslationModule(L.LightningModule):
                  batch_size=int(global_tokens))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss * (self.trainer.world_size * n_tokens / global_tokens)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Measure the share of the time budget spent, for the lr cooldown (``optim.cooldown_fraction``).
+
+        It is measured every ``COOLDOWN_REFRESH_STEPS`` steps, and under DDP rank 0's value is broadcast, so that
+        every rank applies the same learning rate and the replicas stay equal.
+        """
+        if self.cfg.optim.get("cooldown_fraction") is None:
+            return
+        if self._time_fraction is not None and self.global_step % COOLDOWN_REFRESH_STEPS:
+            return
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            raise RuntimeError(
+                f"optim.cooldown_fraction={self.cfg.optim.cooldown_fraction} needs a time limit; "
+                "set trainer.max_time_minutes or use optim.cooldown_fraction=null"
+            )
+        spent = timer.time_elapsed("train") / (60.0 * self.cfg.trainer.max_time_minutes)
+        self._time_fraction = float(self.trainer.strategy.broadcast(spent, src=0))
 
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum, self._val_tokens = 0.0, 0
@@ -159,9 +184,11 @@ class TranslationModule(L.LightningModule):
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=optim.lr, momentum=0.0, weight_decay=0.0)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, optim.scheduler, optim.warmup_steps)
-        )
+        def multiplier(step: int) -> float:
+            factor = lr_multiplier(step, optim.scheduler, optim.warmup_steps)
+            return factor * cooldown_multiplier(self._time_fraction or 0.0, optim.get("cooldown_fraction"))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -98,6 +98,7 @@ def run_entry(project: Path, experiment: str, mlflow_store: str | None) -> tuple
             "parameters": summary["parameters"],
             "lr": params["optim"]["lr"],
             "warmup_steps": params["optim"]["warmup_steps"],
+            "cooldown_fraction": params["optim"].get("cooldown_fraction"),
             "max_tokens": params["train"]["max_tokens"],
             "label_smoothing": params["train"]["label_smoothing"],
             "average_last_n": params["train"]["average_last_n"],

@@ -154,16 +154,20 @@ def ensure_experiment(uri: str, name: str, attempts: int = 5) -> str:
 
 
 def make_logger(cfg, run_name: str, run_id: str | None = None):
-    """Create Lightning's MLFlowLogger for a new run, or for the existing ``run_id``.
+    """Create Lightning's MLFlowLogger for a new run, or for the existing ``run_id`` of a resumed run.
 
-    Fails before any work if the tracking server is unreachable.
+    The logger of a resumed run does not log a metric again at a step the run already holds. Fails before any
+    work if the tracking server is unreachable.
     """
     from lightning.pytorch.loggers import MLFlowLogger
+
+    from nmt.training.run_logger import ResumedMLFlowLogger
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
     ensure_experiment(uri, cfg.mlflow.experiment)
-    return MLFlowLogger(
+    logger_class = MLFlowLogger if run_id is None else ResumedMLFlowLogger
+    return logger_class(
         experiment_name=cfg.mlflow.experiment,
         run_name=run_name,
         tracking_uri=uri,

@@ -24,7 +24,7 @@ import torch
 from nmt.data.parallel import read_lines
 from nmt.decoding import translate
 from nmt.decoding.translation import encode_sources
-from nmt.tokenizer import Tokenizer
+from nmt.tokenizer import load_tokenizers
 from nmt.training.module import load_model, selected_checkpoint
 from report import update_reports  # benchmarks/report.py, next to this script
 
@@ -45,8 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None,
                         help="trained checkpoint (default: the one models/train_summary.json names)")
-    parser.add_argument("--tokenizer", default="data/tokenizer/spm.model",
-                        help="SentencePiece model (default: data/tokenizer/spm.model)")
+    parser.add_argument("--tokenizer", default="data/tokenizer",
+                        help="tokenizer folder or joint SentencePiece model file (default: data/tokenizer)")
     parser.add_argument("--input", default=None,
                         help="source sentences, one per line (default: data/prepared/test_2016_flickr.<src_lang>)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sentences")
@@ -56,15 +56,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def time_translation(model, tokenizer, sentences, beam_size, method, batch_size, decode_cfg, alpha):
+def time_translation(model, tokenizers, sentences, beam_size, method, batch_size, decode_cfg, alpha):
     """Return (sentences per second, first-best texts) of one timed translation of ``sentences``."""
     kwargs = dict(beam_size=beam_size, method=method, batch_size=batch_size, length_penalty=alpha,
                   max_len_a=decode_cfg["max_len_a"], max_len_b=decode_cfg["max_len_b"])
-    translate(model, tokenizer, sentences[:batch_size], **kwargs)          # warm-up, untimed
+    translate(model, tokenizers, sentences[:batch_size], **kwargs)          # warm-up, untimed
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = translate(model, tokenizer, sentences, **kwargs)
+    results = translate(model, tokenizers, sentences, **kwargs)
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -104,7 +104,7 @@ def main() -> None:
     checkpoint = args.checkpoint or str(selected_checkpoint("models"))
     model, cfg = load_model(checkpoint, map_location=args.device)
     model.to(args.device)
-    tokenizer = Tokenizer(args.tokenizer)
+    tokenizers = load_tokenizers(args.tokenizer)
     decode = dict(cfg.get("decode") or {})
     decode_cfg = {"max_len_a": float(decode.get("max_len_a", 1.5)), "max_len_b": int(decode.get("max_len_b", 10))}
 
@@ -114,7 +114,7 @@ def main() -> None:
     log.info("%d sentences from %s", len(sentences), input_path)
 
     # Show the input warnings (truncation, <unk>) once, not once per timed run.
-    encode_sources(tokenizer, sentences, model.config.max_positions)
+    encode_sources(tokenizers.source, sentences, model.config.max_positions)
     logging.getLogger("nmt.decoding.translation").setLevel(logging.ERROR)
 
     results: dict = {key: {} for key in METHODS}
@@ -122,7 +122,7 @@ def main() -> None:
     for key, (beam_size, method) in METHODS.items():
         for batch_size in BATCH_SIZES:
             speed, texts[key, batch_size] = time_translation(
-                model, tokenizer, sentences, beam_size, method, batch_size, decode_cfg, args.length_penalty
+                model, tokenizers, sentences, beam_size, method, batch_size, decode_cfg, args.length_penalty
             )
             results[key][str(batch_size)] = round(speed, 2)
             log.info("%s, batch %d: %.1f sentences/s", key, batch_size, speed)

@@ -147,8 +147,9 @@ def run_check(cfg, paths: Paths, warmup_steps: int) -> dict:
     L.seed_everything(cfg.seed)
     datamodule = TranslationDataModule(cfg, paths)
     datamodule.setup()
-    vocab_size = datamodule.tokenizer.vocab_size
-    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), vocab_size, vocab_size)
+    tokenizers = datamodule.tokenizers
+    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), tokenizers.source.vocab_size,
+                               tokenizers.target.vocab_size)
     timer = ThroughputTimer(warmup_steps)
     trainer = build_trainer(cfg, paths, logger=False, callbacks=[timer], enable_checkpointing=False)
     if torch.cuda.is_available():

@@ -35,7 +35,7 @@ from nmt.config import Paths, load_params
 from nmt.data.batching import TokenBatchSampler, collate, make_examples, pad
 from nmt.data.parallel import read_lines
 from nmt.model.transformer import sinusoidal_positions
-from nmt.tokenizer import BOS_ID, PAD_ID, Tokenizer
+from nmt.tokenizer import BOS_ID, PAD_ID, load_tokenizers
 from nmt.training.module import TranslationModule
 from report import update_reports  # benchmarks/report.py, next to this script
 
@@ -187,7 +187,10 @@ def main() -> int:
 
     cfg = load_params(args.params)
     paths = Paths(Path.cwd())
-    tokenizer = Tokenizer(paths.tokenizer_model)
+    tokenizers = load_tokenizers(paths.tokenizer_dir)
+    if not tokenizers.joint:
+        raise SystemExit("the reference model has one vocabulary; benchmark a config with tokenizer.joint=true")
+    tokenizer = tokenizers.source
     global VOCAB
     VOCAB = tokenizer.vocab_size
     source = read_lines(paths.split_file("train", cfg.data.src_lang))[: args.pairs]

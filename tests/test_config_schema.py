@@ -80,6 +80,7 @@ def test_wrong_type_rejected(override, message):
         ("data.max_length_ratio=0.5", r"data.max_length_ratio=0.5 must be at least 1"),
         ("trainer.precision=8-bit", r"trainer.precision='8-bit' is unknown"),
         ("optim.scheduler=cosine", r"optim.scheduler='cosine' is unknown"),
+        ("tokenizer.joint=false", r"model.tie_embeddings=true needs tokenizer.joint=true"),
         ("optim.cooldown_fraction=0", r"optim.cooldown_fraction=0.0 must be in \(0, 1\]"),
         ("optim.cooldown_fraction=1.5", r"optim.cooldown_fraction=1.5 must be in \(0, 1\]"),
         ("evaluate.test_sets=[test_2018_flickr]", r"evaluate.test_sets has \['test_2018_flickr'\]"),

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from conftest import CONF_DIR, REPO, write_params
 from nmt.config import compose
 from nmt.model import ModelConfig, Transformer
+from nmt.tokenizer import load_tokenizers
+from nmt.training.module import load_model
 from tiny_project import copy_repository, stage_env
 
 TINY_OVERRIDES = [
@@ -200,6 +202,55 @@ def test_hydra_pipeline_job(tmp_path, data_dir):
     assert metrics["train"]["epochs"] == 1
     assert (job_dir / "params.yaml").is_file()
     assert (job_dir / "models" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_hydra_pipeline_separate_vocabularies(tmp_path, data_dir):
+    """tokenizer.joint=false: one SentencePiece model per side, untied embeddings, evaluate and translate."""
+    job_dir = tmp_path / "job"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
+    command = [
+        str(Path(sys.executable).parent / "nmt-pipeline"),
+        *overrides,
+        "trainer.max_epochs=1",
+        "tokenizer.joint=false",
+        "model.tie_embeddings=false",
+        f"data.local_dir={data_dir}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"hydra.run.dir={job_dir}",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    tokenizer_dir = job_dir / "data" / "tokenizer"
+    assert sorted(path.name for path in tokenizer_dir.glob("*.model")) == ["spm.src.model", "spm.tgt.model"]
+    tokenizers = load_tokenizers(tokenizer_dir)
+    model, _ = load_model(job_dir / "models" / "best.ckpt")
+    assert model.config.src_vocab_size == tokenizers.source.vocab_size
+    assert model.config.tgt_vocab_size == tokenizers.target.vocab_size
+    assert model.src_embed is not model.tgt_embed
+    # Each model saw one language only: French words are pieces of the target model, not of the source one.
+    french = tokenizers.target.sp.encode("les enfants", out_type=str)
+    assert len(tokenizers.source.sp.encode("les enfants", out_type=str)) > len(french)
+    metrics = json.loads((job_dir / "reports" / "metrics.json").read_text())
+    assert metrics["test_2016_flickr"]["bleu"] >= 0.0
+
+    translated = subprocess.run(
+        [str(Path(sys.executable).parent / "nmt"), "translate", "--checkpoint", str(job_dir / "models" / "best.ckpt"),
+         "--tokenizer", str(tokenizer_dir), "--beam-size", "2", "A dog runs."],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert translated.returncode == 0, translated.stderr[-3000:]
+    assert len(translated.stdout.splitlines()) == 1
+
+    joint_file = subprocess.run(
+        [str(Path(sys.executable).parent / "nmt"), "translate", "--checkpoint", str(job_dir / "models" / "best.ckpt"),
+         "--tokenizer", str(tokenizer_dir / "spm.src.model"), "A dog runs."],
+        capture_output=True, text=True, timeout=120,
+    )
+    if tokenizers.source.vocab_size != tokenizers.target.vocab_size:
+        assert joint_file.returncode == 1
+        assert "target tokenizer" in joint_file.stderr
 
 
 @pytest.mark.slow

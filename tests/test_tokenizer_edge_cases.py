@@ -78,3 +78,26 @@ def test_translation_output_uses_tokenizer_decode(training_text, tmp_path):
 
     assert hypotheses == tokenizer.decode([[UNK_ID, UNK_ID]])
     assert hypotheses == [" ⁇  ⁇ "]
+
+
+def test_tokenizer_folder_layouts(training_text, tmp_path):
+    """A folder with spm.model loads as one joint tokenizer, one with spm.src.model and spm.tgt.model as a pair."""
+    from nmt.tokenizer import load_tokenizers
+
+    joint_dir, separate_dir = tmp_path / "joint", tmp_path / "separate"
+    joint_dir.mkdir()
+    separate_dir.mkdir()
+    train_sentencepiece(training_text, joint_dir / "spm", vocab_size=500)
+    train_sentencepiece(training_text[:400], separate_dir / "spm.src", vocab_size=400)
+
+    joint = load_tokenizers(joint_dir)
+    assert joint.joint
+    assert load_tokenizers(joint_dir / "spm.model").source.model_path == joint_dir / "spm.model"
+    # Only the source model: the folder is incomplete, and the error names both expected layouts.
+    with pytest.raises(FileNotFoundError, match=r"expected spm.model, or spm.src.model and spm.tgt.model"):
+        load_tokenizers(separate_dir)
+
+    train_sentencepiece(training_text[400:], separate_dir / "spm.tgt", vocab_size=450)
+    separate = load_tokenizers(separate_dir)
+    assert not separate.joint
+    assert (separate.source.vocab_size, separate.target.vocab_size) == (400, 450)

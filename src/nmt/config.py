@@ -247,10 +247,6 @@ class Paths:
         return self.root / "data" / "tokenizer"
 
     @property
-    def tokenizer_model(self) -> Path:
-        return self.tokenizer_dir / "spm.model"
-
-    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import HYDRA_VERSION_BASE, Paths, check
+from nmt.tokenizer import tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ CONFIG_DIR = os.path.join(os.getcwd(), "conf")
 
 def require_prepared(paths: Paths, rank: int) -> None:
     """Raise FileNotFoundError unless rank 0 has written the tokenizer that training needs."""
-    if not paths.tokenizer_model.is_file():
+    try:
+        tokenizer_files(paths.tokenizer_dir)
+    except FileNotFoundError as error:
         raise FileNotFoundError(
-            f"rank {rank}: tokenizer not found at {paths.tokenizer_model}. Start the other ranks after rank 0 has "
-            "run prepare, tokenizer and references, or run those stages first (dvc repro references)"
-        )
+            f"rank {rank}: {error}. Start the other ranks after rank 0 has run prepare, tokenizer and references, "
+            "or run those stages first (dvc repro references)"
+        ) from error
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=HYDRA_VERSION_BASE)

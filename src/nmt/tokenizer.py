@@ -12,11 +12,16 @@ matches control symbols in input, and every model has the characters of these st
 (``REQUIRED_CHARS``). So they are encoded as ordinary pieces, never as ids 0-3, and decode back exactly.
 Other characters never seen in training become ``<unk>`` (decoded as " ⁇ ") unless the model was trained
 with ``byte_fallback``, which encodes them as UTF-8 byte pieces that decode back exactly.
+
+A tokenizer folder has either one joint model for both languages (``spm.model``, needed for tied
+embeddings) or one model per side (``spm.src.model`` and ``spm.tgt.model``); ``load_tokenizers`` reads
+either as a ``TokenizerPair``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -28,6 +33,9 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
 # Characters always given a piece, even if the training text lacks them, so that the special strings typed
 # as text (for example "</s>") are encoded as ordinary pieces instead of <unk>.
 REQUIRED_CHARS = "".join(sorted(set("".join(SPECIAL_TOKENS))))
+
+JOINT_MODEL = "spm.model"
+SOURCE_MODEL, TARGET_MODEL = "spm.src.model", "spm.tgt.model"
 
 
 def train_sentencepiece(
@@ -117,3 +125,52 @@ class Tokenizer:
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
+
+
+@dataclass(frozen=True)
+class TokenizerPair:
+    """The tokenizers of the two sides: ``source`` encodes the input, ``target`` encodes references and decodes
+    outputs. With a joint vocabulary both are the same ``Tokenizer``."""
+
+    source: Tokenizer
+    target: Tokenizer
+
+    @property
+    def joint(self) -> bool:
+        return self.source is self.target
+
+
+def as_pair(tokenizers: Tokenizer | TokenizerPair) -> TokenizerPair:
+    """Return ``tokenizers`` as a pair; one ``Tokenizer`` is taken as the joint tokenizer of both sides."""
+    if isinstance(tokenizers, TokenizerPair):
+        return tokenizers
+    return TokenizerPair(tokenizers, tokenizers)
+
+
+def tokenizer_files(folder: str | Path) -> list[Path]:
+    """Return the model files of a tokenizer folder: [spm.model], or [spm.src.model, spm.tgt.model].
+
+    Raise FileNotFoundError naming the folder if it has neither a joint model nor both per-side models.
+    """
+    folder = Path(folder)
+    joint = folder / JOINT_MODEL
+    if joint.is_file():
+        return [joint]
+    separate = [folder / SOURCE_MODEL, folder / TARGET_MODEL]
+    if all(path.is_file() for path in separate):
+        return separate
+    raise FileNotFoundError(
+        f"no tokenizer in {folder}: expected {JOINT_MODEL}, or {SOURCE_MODEL} and {TARGET_MODEL}; run the "
+        "tokenizer stage first (dvc repro tokenizer)"
+    )
+
+
+def load_tokenizers(path: str | Path) -> TokenizerPair:
+    """Load the tokenizers of a folder (see ``tokenizer_files``), or one model file as a joint tokenizer."""
+    path = Path(path)
+    if path.is_dir():
+        files = tokenizer_files(path)
+        if len(files) == 1:
+            return as_pair(Tokenizer(files[0]))
+        return TokenizerPair(Tokenizer(files[0]), Tokenizer(files[1]))
+    return as_pair(Tokenizer(path))

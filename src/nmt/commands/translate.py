@@ -24,7 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = "models"
-DEFAULT_TOKENIZER = "data/tokenizer/spm.model"
+DEFAULT_TOKENIZER = "data/tokenizer"
 TRACE_TOP_K = 5
 
 
@@ -45,7 +45,9 @@ def add_parser(subparsers) -> None:
                         help=f"Lightning checkpoint of the model (default: the one {DEFAULT_MODELS}/train_summary.json "
                              "names, best.ckpt or average.ckpt)")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                        help=f"SentencePiece model the checkpoint was trained with (default: {DEFAULT_TOKENIZER})")
+                        help="tokenizer the checkpoint was trained with: the tokenizer stage's folder (spm.model, or "
+                             "spm.src.model and spm.tgt.model) or one joint SentencePiece model file "
+                             f"(default: {DEFAULT_TOKENIZER})")
     parser.add_argument("-i", "--input", metavar="FILE", help="UTF-8 text file, one sentence per line (.gz allowed)")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write the translations to FILE, replacing it only when every line succeeded")
@@ -78,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_options(args)
         lines = read_input(args)
-        model, tokenizer, decode_cfg = load_translator(args)
+        model, tokenizers, decode_cfg = load_translator(args)
         if args.trace:
-            print_trace(model, tokenizer, args.text, decode_cfg)
+            print_trace(model, tokenizers, args.text, decode_cfg)
             return 0
-        output_lines = translate_lines(model, tokenizer, lines, args, decode_cfg)
+        output_lines = translate_lines(model, tokenizers, lines, args, decode_cfg)
         write_output(output_lines, args.output)
     except TranslateError as error:
         print(f"nmt translate: error: {error}", file=sys.stderr)
@@ -144,10 +146,10 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
 
 
 def load_translator(args: argparse.Namespace):
-    """Load the model on the requested device, the tokenizer and the checkpoint's ``decode`` settings."""
+    """Load the model on the requested device, the tokenizers and the checkpoint's ``decode`` settings."""
     import torch
 
-    from nmt.tokenizer import Tokenizer
+    from nmt.tokenizer import load_tokenizers
     from nmt.training.module import load_model, selected_checkpoint
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else selected_checkpoint(DEFAULT_MODELS)
@@ -156,7 +158,7 @@ def load_translator(args: argparse.Namespace):
             f"checkpoint {checkpoint} not found; train a model first (dvc repro train) or pass --checkpoint PATH"
         )
     try:
-        tokenizer = Tokenizer(args.tokenizer)
+        tokenizers = load_tokenizers(args.tokenizer)
     except FileNotFoundError as error:
         raise TranslateError(f"{error}, or pass --tokenizer PATH") from error
 
@@ -165,11 +167,13 @@ def load_translator(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = load_model(checkpoint, map_location=device)
     model.to(device)
-    if tokenizer.vocab_size != model.config.tgt_vocab_size:
-        raise TranslateError(
-            f"tokenizer {args.tokenizer} has {tokenizer.vocab_size} pieces but {checkpoint} was trained with "
-            f"{model.config.tgt_vocab_size}; pass the tokenizer the model was trained with (--tokenizer)"
-        )
+    for side, tokenizer, trained in (("source", tokenizers.source, model.config.src_vocab_size),
+                                     ("target", tokenizers.target, model.config.tgt_vocab_size)):
+        if tokenizer.vocab_size != trained:
+            raise TranslateError(
+                f"{side} tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} pieces but {checkpoint} was "
+                f"trained with {trained}; pass the tokenizer the model was trained with (--tokenizer)"
+            )
 
     configured = dict(cfg.get("decode") or {})
     decode_cfg = {
@@ -177,10 +181,10 @@ def load_translator(args: argparse.Namespace):
         "max_len_a": args.max_len_a if args.max_len_a is not None else float(configured.get("max_len_a", 1.5)),
         "max_len_b": args.max_len_b if args.max_len_b is not None else int(configured.get("max_len_b", 10)),
     }
-    return model, tokenizer, decode_cfg
+    return model, tokenizers, decode_cfg
 
 
-def translate_lines(model, tokenizer, lines: list[str], args: argparse.Namespace, decode_cfg: dict) -> list[str]:
+def translate_lines(model, tokenizers, lines: list[str], args: argparse.Namespace, decode_cfg: dict) -> list[str]:
     """Translate every line and return the output lines, ``n_best`` of them per input line when it is set."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -192,7 +196,7 @@ def translate_lines(model, tokenizer, lines: list[str], args: argparse.Namespace
     with bar, logging_redirect_tqdm():             # warnings print above the bar, not through it
         results = translate(
             model,
-            tokenizer,
+            tokenizers,
             lines,
             beam_size=args.beam_size,
             length_penalty=args.length_penalty,
@@ -228,7 +232,7 @@ def write_output(lines: list[str], output: str | None) -> None:
     log.info("wrote %d lines to %s", len(lines), output)
 
 
-def print_trace(model, tokenizer, text: str, decode_cfg: dict) -> None:
+def print_trace(model, tokenizers, text: str, decode_cfg: dict) -> None:
     """Decode ``text`` greedily with the textbook decoder and print every step for a reader to follow.
 
     The textbook decoder re-reads the whole prefix at each step, so the causal mask printed is the one it
@@ -243,7 +247,7 @@ def print_trace(model, tokenizer, text: str, decode_cfg: dict) -> None:
     from nmt.model.attention import causal_mask
     from nmt.tokenizer import PAD_ID
 
-    source = encode_sources(tokenizer, [text], model.config.max_positions)[0]
+    source = encode_sources(tokenizers.source, [text], model.config.max_positions)[0]
     if source is None:
         print("source is empty; nothing to translate")
         return
@@ -251,7 +255,8 @@ def print_trace(model, tokenizer, text: str, decode_cfg: dict) -> None:
     src = torch.tensor([source], device=device)
     limit = max_output_lengths(src.ne(PAD_ID).sum(dim=1), decode_cfg["max_len_a"], decode_cfg["max_len_b"],
                                model.config.max_positions)
-    print(f"source ({len(source)} pieces): {' '.join(tokenizer.pieces(source))}")
+    print(f"source ({len(source)} pieces): {' '.join(tokenizers.source.pieces(source))}")
+    target = tokenizers.target
     print(f"output limit: {int(limit[0])} pieces")
 
     output: list[int] = []
@@ -262,15 +267,15 @@ def print_trace(model, tokenizer, text: str, decode_cfg: dict) -> None:
         chosen = int(step.tokens[0])
 
         print(f"\nstep {number}")
-        print(f"  prefix (length {len(prefix)}): {' '.join(tokenizer.pieces(prefix))}")
+        print(f"  prefix (length {len(prefix)}): {' '.join(target.pieces(prefix))}")
         print(f"  causal mask ({len(prefix)} x {len(prefix)}, 1 = query row may attend to key column):")
         for row in causal_mask(len(prefix)).int().tolist():
             print("    " + " ".join(str(value) for value in row))
         candidates = ", ".join(
-            f"{tokenizer.pieces([int(i)])[0]!r} {float(p):.4f}" for p, i in zip(top.values, top.indices)
+            f"{target.pieces([int(i)])[0]!r} {float(p):.4f}" for p, i in zip(top.values, top.indices)
         )
         print(f"  top {TRACE_TOP_K}: {candidates}")
-        print(f"  chosen: {tokenizer.pieces([chosen])[0]!r} (id {chosen}, p = {float(probabilities[chosen]):.4f})")
+        print(f"  chosen: {target.pieces([chosen])[0]!r} (id {chosen}, p = {float(probabilities[chosen]):.4f})")
         output.append(chosen)
 
-    print(f"\ntranslation: {tokenizer.decode([output])[0]}")
+    print(f"\ntranslation: {target.decode([output])[0]}")

@@ -20,7 +20,7 @@ import torch
 from nmt.data.batching import pad
 from nmt.decoding.common import Hypothesis, as_output_limits, length_penalty, max_output_lengths, output_log_probs
 from nmt.model.attention import select_cache_rows as select_attention_rows
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, as_pair
 
 METHODS = ("cached", "textbook")
 
@@ -178,7 +178,7 @@ def greedy_decode(
 
 def translate_sentences(
     model,
-    tokenizer,
+    tokenizers,
     sentences: list[str],
     batch_size: int = 64,
     max_len_a: float = 1.5,
@@ -187,14 +187,15 @@ def translate_sentences(
 ) -> list[str]:
     """Translate sentences with greedy decoding, in batches of similar length, and return detokenized text.
 
-    Each sentence's output limit is a * its source length + b (end token included), so an output does not
-    depend on the batch it is decoded in.
+    ``tokenizers`` is a ``TokenizerPair`` or one joint ``Tokenizer``. Each sentence's output limit is
+    a * its source length + b (end token included), so an output does not depend on the batch it is decoded in.
     """
     from nmt.data.batching import make_examples
 
+    tokenizers = as_pair(tokenizers)
     model.eval()
     max_positions = model.config.max_positions
-    ids = tokenizer.encode(sentences)
+    ids = tokenizers.source.encode(sentences)
     examples = make_examples(ids, ids, max_positions)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
 
@@ -207,4 +208,4 @@ def translate_sentences(
         limits = max_output_lengths(src_lengths, max_len_a, max_len_b, max_positions)
         for i, output in zip(chunk, greedy_decode(model, src, limits, method)):
             hypotheses[i] = output
-    return tokenizer.decode(hypotheses)
+    return tokenizers.target.decode(hypotheses)

@@ -11,7 +11,7 @@ from nmt.data.parallel import normalize_whitespace
 from nmt.decoding.beam import beam_search
 from nmt.decoding.common import Hypothesis, max_output_lengths
 from nmt.decoding.greedy import METHODS, greedy_search
-from nmt.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from nmt.tokenizer import EOS_ID, PAD_ID, UNK_ID, Tokenizer, as_pair
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ class Translation:
     score: float
 
 
-def encode_sources(tokenizer, sentences: list[str], max_positions: int) -> list[list[int] | None]:
+def encode_sources(tokenizer: Tokenizer, sentences: list[str], max_positions: int) -> list[list[int] | None]:
     """Encode sentences as source ids ending with EOS, or None for a sentence that is empty after normalization.
 
-    Whitespace is normalized as in the training data. A sentence with more than ``max_positions - 1``
+    ``tokenizer`` is the source side's tokenizer. Whitespace is normalized as in the training data. A sentence with more than ``max_positions - 1``
     pieces is truncated to that many, and characters that the tokenizer never saw become ``<unk>``. Both
     cases are logged as warnings naming the sentence by its 1-based position in ``sentences`` ("line N"),
     which is its line number when ``sentences`` are the lines of a file.
@@ -72,7 +72,7 @@ def encode_sources(tokenizer, sentences: list[str], max_positions: int) -> list[
 
 def translate(
     model,
-    tokenizer,
+    tokenizers,
     sentences: list[str],
     beam_size: int = 5,
     length_penalty: float = 1.0,
@@ -85,6 +85,7 @@ def translate(
 ) -> list[list[Translation]]:
     """Translate sentences and return, for each, up to ``n_best`` translations sorted by score, best first.
 
+    ``tokenizers`` is a ``TokenizerPair`` (source side encodes, target side decodes) or one joint ``Tokenizer``.
     ``beam_size`` 1 runs greedy decoding with ``method`` ("cached" or "textbook"); greedy decoding gives the
     same tokens as beam search with beam size 1. Larger beams run ``beam_search`` on the cached decoder.
     ``length_penalty`` is the GNMT exponent alpha of the score log P / ((5 + |Y|) / 6) ** alpha.
@@ -100,10 +101,11 @@ def translate(
     if n_best > beam_size:
         raise ValueError(f"n_best={n_best} exceeds beam_size={beam_size}; raise the beam size")
 
+    tokenizers = as_pair(tokenizers)
     model.eval()
     max_positions = model.config.max_positions
     device = next(model.parameters()).device
-    sources = encode_sources(tokenizer, sentences, max_positions)
+    sources = encode_sources(tokenizers.source, sentences, max_positions)
     results: list[list[Translation]] = [[] for _ in sentences]
 
     # Batches of similar length waste little work on padding.
@@ -120,13 +122,13 @@ def translate(
         else:
             nbest_lists = beam_search(model, src, limits, beam_size, length_penalty, n_best)
         for i, hypotheses in zip(chunk, nbest_lists):
-            results[i] = _to_translations(tokenizer, hypotheses)
+            results[i] = _to_translations(tokenizers.target, hypotheses)
         if progress is not None:
             progress(len(chunk))
     return results
 
 
-def _to_translations(tokenizer, hypotheses: list[Hypothesis]) -> list[Translation]:
+def _to_translations(tokenizer: Tokenizer, hypotheses: list[Hypothesis]) -> list[Translation]:
     texts = tokenizer.decode([h.tokens for h in hypotheses])
     return [Translation(text, h.tokens, h.log_prob, h.score) for text, h in zip(texts, hypotheses)]
 

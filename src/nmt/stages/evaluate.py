@@ -23,7 +23,7 @@ from nmt.io import atomic_path
 from nmt.plots import plot_cross_attention
 from nmt.stages.common import run_stage
 from nmt.stages.references import references_dir
-from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from nmt.tokenizer import BOS_ID, EOS_ID, TokenizerPair, load_tokenizers
 from nmt.tracking import client
 from nmt.training.module import load_model, selected_checkpoint
 
@@ -45,12 +45,12 @@ def samples_markdown(
     return "\n".join(lines)
 
 
-def decode_and_score(model, tokenizer, cfg, sources, references, tokenized_references, beam_size: int) -> tuple:
+def decode_and_score(model, tokenizers, cfg, sources, references, tokenized_references, beam_size: int) -> tuple:
     """Translate ``sources`` with ``beam_size`` (1 = greedy) and return (scores, hypotheses, output ids, seconds)."""
     decode = cfg.decode
     started = time.perf_counter()
     translations = translate(
-        model, tokenizer, sources, beam_size=beam_size, length_penalty=decode.length_penalty,
+        model, tokenizers, sources, beam_size=beam_size, length_penalty=decode.length_penalty,
         batch_size=decode.batch_size, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b, method=decode.method,
     )
     seconds = time.perf_counter() - started
@@ -64,14 +64,16 @@ def decode_and_score(model, tokenizer, cfg, sources, references, tokenized_refer
 
 
 @torch.inference_mode()
-def cross_attention(model, tokenizer, source: str, output_ids: list[int]) -> tuple[list, list[str], list[str]]:
+def cross_attention(model, tokenizers: TokenizerPair, source: str,
+                    output_ids: list[int]) -> tuple[list, list[str], list[str]]:
     """Return per-layer encoder-decoder attention (heads, outputs, sources) for one translated sentence."""
-    src_ids = tokenizer.encode([source])[0][: model.config.max_positions - 1] + [EOS_ID]
+    src_ids = tokenizers.source.encode([source])[0][: model.config.max_positions - 1] + [EOS_ID]
     output_ids = output_ids[: model.config.max_positions - 1]
     memory, src_key_padding_mask = model.encode(torch.tensor([src_ids]))
     tgt_in = torch.tensor([[BOS_ID] + output_ids[:-1]])
     _, weights = model.decode(tgt_in, memory, src_key_padding_mask, need_weights=True)
-    return [w[0].float().numpy() for w in weights], tokenizer.pieces(src_ids), tokenizer.pieces(output_ids)
+    return ([w[0].float().numpy() for w in weights], tokenizers.source.pieces(src_ids),
+            tokenizers.target.pieces(output_ids))
 
 
 def run(cfg, paths: Paths) -> dict:
@@ -82,7 +84,7 @@ def run(cfg, paths: Paths) -> dict:
     checkpoint = selected_checkpoint(paths.models)
     log.info("evaluating %s", checkpoint)
     model, _ = load_model(checkpoint)
-    tokenizer = Tokenizer(paths.tokenizer_model)
+    tokenizers = load_tokenizers(paths.tokenizer_dir)
     beam_size = cfg.decode.beam_size
 
     metrics, samples, attention_inputs = {}, "", []
@@ -96,7 +98,7 @@ def run(cfg, paths: Paths) -> dict:
         tokenized_references = read_lines(references_dir(paths) / f"{test_set}.{cfg.data.tgt_lang}")[: len(sources)]
 
         primary, hypotheses, output_ids, seconds = decode_and_score(
-            model, tokenizer, cfg, sources, references, tokenized_references, beam_size
+            model, tokenizers, cfg, sources, references, tokenized_references, beam_size
         )
         check_aligned(f"translating {test_set}", sources, hypotheses, (str(src_path), "the hypotheses"))
         metrics[test_set] = primary
@@ -104,7 +106,7 @@ def run(cfg, paths: Paths) -> dict:
                  primary["decoding"], primary["bleu"], primary["chrf"], primary["bleu_lc_tok"], len(sources), seconds)
         if beam_size > 1:
             greedy, _, _, seconds = decode_and_score(
-                model, tokenizer, cfg, sources, references, tokenized_references, 1
+                model, tokenizers, cfg, sources, references, tokenized_references, 1
             )
             metrics[test_set]["greedy"] = {k: greedy[k] for k in ("bleu", "chrf", "bleu_lc_tok", "decoding")}
             log.info("%s, greedy: BLEU %.2f, chrF %.2f, lowercased tokenized BLEU %.2f (%.1f s)", test_set,
@@ -125,7 +127,7 @@ def run(cfg, paths: Paths) -> dict:
         metrics_file.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         samples_file.write_text(samples, encoding="utf-8")
         for number, (path, (source, ids)) in enumerate(zip(attention_paths, attention_inputs), start=1):
-            weights, source_pieces, output_pieces = cross_attention(model, tokenizer, source, ids)
+            weights, source_pieces, output_pieces = cross_attention(model, tokenizers, source, ids)
             plot_cross_attention(weights, source_pieces, output_pieces, stack.enter_context(atomic_path(path)),
                                  title=f"test sentence {number}: {source}")
 

@@ -133,8 +133,9 @@ def run(cfg, paths: Paths) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = TranslationDataModule(cfg, paths)
     datamodule.setup()
-    vocab_size = datamodule.tokenizer.vocab_size
-    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), vocab_size, vocab_size)
+    tokenizers = datamodule.tokenizers
+    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), tokenizers.source.vocab_size,
+                               tokenizers.target.vocab_size)
     parameters = module.model.num_parameters()
 
     rank_zero = rank_zero_only.rank == 0
@@ -153,7 +154,7 @@ def run(cfg, paths: Paths) -> dict:
     monitor, mode = cfg.train.monitor, "max" if cfg.train.monitor == "val/bleu" else "min"
     grad_norms = GradNormLogger(cfg.train.grad_norm_every_n_steps)
     target_stop = StopAtTargetLoss(cfg.train.target_loss)
-    validation = ValidationTranslations(val_source, val_target, datamodule.tokenizer, cfg.decode,
+    validation = ValidationTranslations(val_source, val_target, tokenizers, cfg.decode,
                                         cfg.train.val_samples, bleu=cfg.train.val_bleu)
     # Two callbacks: with save_last, Lightning refreshes last.ckpt only when best.ckpt changes.
     checkpoint = ModelCheckpoint(

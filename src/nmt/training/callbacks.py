@@ -55,11 +55,11 @@ class ValidationTranslations(L.Callback):
     ``samples`` sentences are logged as a text artifact by rank 0.
     """
 
-    def __init__(self, sources: list[str], references: list[str], tokenizer, decode_cfg, samples: int,
+    def __init__(self, sources: list[str], references: list[str], tokenizers, decode_cfg, samples: int,
                  bleu: bool) -> None:
         self.sources = sources
         self.references = references
-        self.tokenizer = tokenizer
+        self.tokenizers = tokenizers
         self.decode_cfg = decode_cfg
         self.samples = samples
         self.bleu = bleu
@@ -67,7 +67,7 @@ class ValidationTranslations(L.Callback):
     def translate(self, model, sentences: list[str]) -> list[str]:
         return translate_sentences(
             model,
-            self.tokenizer,
+            self.tokenizers,
             sentences,
             batch_size=self.decode_cfg.batch_size,
             max_len_a=self.decode_cfg.max_len_a,

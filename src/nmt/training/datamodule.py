@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from nmt.config import Paths
 from nmt.data.batching import TokenBatchSampler, collate, make_examples
 from nmt.data.parallel import check_aligned, read_lines
-from nmt.tokenizer import Tokenizer
+from nmt.tokenizer import load_tokenizers
 
 
 class ResumableDataLoader(DataLoader):
@@ -60,7 +60,7 @@ class TranslationDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.paths = paths
-        self.tokenizer = Tokenizer(paths.tokenizer_model)
+        self.tokenizers = load_tokenizers(paths.tokenizer_dir)
         self.examples: dict[str, list] = {}
         self.sentences: dict[str, tuple[list[str], list[str]]] = {}
 
@@ -73,8 +73,8 @@ class TranslationDataModule(L.LightningDataModule):
         target = read_lines(tgt_path)
         check_aligned(f"reading the prepared {split} split", source, target, names)
 
-        src_ids = self.tokenizer.encode(source)
-        tgt_ids = self.tokenizer.encode(target)
+        src_ids = self.tokenizers.source.encode(source)
+        tgt_ids = self.tokenizers.target.encode(target)
         check_aligned(f"tokenizing the {split} split", src_ids, tgt_ids, names)
 
         self.sentences[split] = (source, target)

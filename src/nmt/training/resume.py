@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 import nmt
 from nmt.config import Paths
 from nmt.io import write_json_atomic
+from nmt.tokenizer import tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def training_key(cfg, paths: Paths) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8"))
     inputs = [paths.split_file(split, lang) for split in ("train", "val")
               for lang in (cfg.data.src_lang, cfg.data.tgt_lang)]
-    inputs.append(paths.tokenizer_model)
+    inputs.extend(tokenizer_files(paths.tokenizer_dir))
     package = Path(nmt.__file__).parent
     for entry in KEY_SOURCES:
         source = package / entry

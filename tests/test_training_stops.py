@@ -85,6 +85,15 @@ def tiny_config(project: Paths, target_loss: str, max_epochs: int = MAX_EPOCHS):
     )
 
 
+def epoch_batches(project: Paths, cfg) -> int:
+    """Return the number of training batches in one epoch of ``cfg``."""
+    from nmt.training.datamodule import TranslationDataModule
+
+    datamodule = TranslationDataModule(cfg, project)
+    datamodule.setup()
+    return len(datamodule.train_dataloader())
+
+
 def run_tags(project: Paths, run_id: str) -> dict[str, str]:
     client = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'mlflow.db'}")
     return client.get_run(run_id).data.tags
@@ -142,6 +151,9 @@ def test_cooldown_takes_lr_to_zero_by_time_limit(project):
     history = sorted(client.get_metric_history(summary["mlflow_run_id"], "train/lr"), key=lambda point: point.step)
     lrs = [point.value for point in history]
     assert summary["stop_reason"] == "max_time"
+    # Every epoch of the 40 training pairs has the same number of batches; a partial last epoch is not counted.
+    batches = epoch_batches(project, cfg)
+    assert summary["epochs"] == summary["steps"] // batches
     assert len(lrs) >= 10
     assert lrs[0] > 0.8 * peak
     assert lrs[-1] < 0.2 * peak

@@ -55,6 +55,15 @@ from nmt.training.resume import ResumeCheckpoint, ResumeState, open_resume_state
 log = logging.getLogger(__name__)
 
 
+def completed_epochs(trainer: L.Trainer) -> int:
+    """Return the number of epochs trained to their last batch.
+
+    Lightning's ``current_epoch`` also counts the last epoch when a time limit stopped it part-way.
+    """
+    cut_short = trainer.current_epoch > 0 and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return trainer.current_epoch - int(cut_short)
+
+
 def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss, early_stop: EarlyStopping | None) -> str:
     """Name the limit that ended training: target_loss, early_stopping, max_epochs or max_time."""
     if target_stop.reached_at_epoch is not None:
@@ -199,13 +208,14 @@ def run(cfg, paths: Paths) -> dict:
     wall_time = previous_wall_time + time.perf_counter() - started
 
     reason = stop_reason(trainer, target_stop, early_stop)
-    log.info("training stopped: %s after %d epochs, %d steps, %.0f s", reason, trainer.current_epoch,
+    epochs = completed_epochs(trainer)
+    log.info("training stopped: %s after %d complete epochs, %d steps, %.0f s", reason, epochs,
              trainer.global_step, wall_time)
 
     summary = {
         "mlflow_run_id": logger.run_id,
         "wall_time_s": round(wall_time, 1),
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "steps": trainer.global_step,
         "best_val_loss": None,
         "monitor": monitor,

@@ -213,3 +213,23 @@ def test_ddp_model_selection_scores_whole_val_split(ddp_run):
     assert math.isfinite(summary["average_val_loss"])
     assert len(summary["averaged_steps"]) == 2
     assert summary["averaged_steps"][-1] == summary["steps"]
+
+
+def test_ddp_diverging_run_fails_cleanly(prepared, tmp_path, data_dir):
+    """Both ranks see the non-finite loss at the same step: the stage exits 1 naming it, the run is FAILED."""
+    cfg = tiny_config(tmp_path, "trainer=ddp_cpu", "trainer.precision=32-true", "optim=sgd", "optim.lr=1e6",
+                      f"data.local_dir={data_dir}")
+    paths = new_project(tmp_path, prepared, cfg)
+
+    result = subprocess.run([sys.executable, "-m", "nmt.stages.train"], cwd=tmp_path, env=stage_env(),
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1, output[-4000:]
+    assert f"MEMBER: {WORLD_SIZE}/{WORLD_SIZE}" in output
+    assert "training loss is nan at global step" in output
+    assert "Traceback" not in result.stderr
+    assert not paths.models.exists()
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.info.status for run in runs] == ["FAILED"]

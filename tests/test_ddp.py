@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +29,7 @@ from nmt.stages import references as references_stage
 from nmt.tokenizer import PAD_ID
 from nmt.training.datamodule import TranslationDataModule
 from nmt.training.module import TranslationModule
+from nmt.training.resume import STATE_FILE
 from tiny_project import new_project, prepared_folder, stage_env, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -233,3 +237,49 @@ def test_ddp_diverging_run_fails_cleanly(prepared, tmp_path, data_dir):
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def wait_for_mid_epoch_state(paths, process: subprocess.Popen, timeout: float) -> dict:
+    """Poll the resume state until it names a checkpoint saved within an epoch; return the state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"train stage ended before a mid-epoch checkpoint (exit code {process.returncode})")
+        for path in paths.checkpoints.glob(f"train-*/{STATE_FILE}"):
+            try:
+                state = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if state.get("checkpoint") and state.get("batches_done") is not None:
+                return state
+        time.sleep(0.05)
+    pytest.fail(f"no mid-epoch checkpoint within {timeout} s")
+
+
+def test_killed_ddp_run_resumes_to_same_weights(ddp_run, prepared, tmp_path, data_dir):
+    """Kill both ranks after a mid-epoch checkpoint; the rerun resumes and ends with the uninterrupted weights."""
+    cfg = tiny_config(tmp_path, *DDP_OVERRIDES, "train.checkpoint_every_n_steps=3", f"data.local_dir={data_dir}")
+    paths = new_project(tmp_path, prepared, cfg)
+    command = [sys.executable, "-m", "nmt.stages.train"]
+
+    process = subprocess.Popen(command, cwd=tmp_path, env=stage_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        state = wait_for_mid_epoch_state(paths, process, timeout=300)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # rank 0 and the rank it launched
+        process.wait(timeout=30)
+
+    result = subprocess.run(command, cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, output[-4000:]
+    assert f"global step {state['global_step']}" in output
+    summary = json.loads((paths.models / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == state["global_step"]
+    assert summary["steps"] == ddp_run["summary"]["steps"]
+    resumed = torch.load(paths.models / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    uninterrupted = torch.load(ddp_run["paths"].models / "last.ckpt", map_location="cpu",
+                               weights_only=False)["state_dict"]
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -144,7 +144,8 @@ def markdown(report: dict) -> str:
             f"## {pair}",
             "",
             f"- Recipe: `dvc exp run -S experiment={entry['experiment']}` ({config}).",
-            f"- Training: {entry['epochs']} epochs, {entry['steps']} steps, {entry['train_wall_time_s']:.0f} s, "
+            f"- Training: {entry['epochs']} complete epochs, {entry['steps']} steps, "
+            f"{entry['train_wall_time_s']:.0f} s, "
             f"stopped by {entry['stop_reason']}.",
             f"- Validation BLEU (greedy): best checkpoint {entry['best_val_bleu']}, averaged weights "
             f"{entry['average_val_bleu']}; evaluated `{entry['checkpoint']}`.",

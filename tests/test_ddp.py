@@ -7,6 +7,7 @@ stages. The tests read its MLflow store and output folders.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -93,8 +94,9 @@ def single_process_losses(cfg, paths) -> tuple[list[float], dict[str, torch.Tens
     L.seed_everything(cfg.seed, workers=True)
     datamodule = TranslationDataModule(cfg, paths)
     datamodule.setup()
-    vocab_size = datamodule.tokenizer.vocab_size
-    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), vocab_size, vocab_size)
+    tokenizers = datamodule.tokenizers
+    module = TranslationModule(OmegaConf.to_container(cfg, resolve=True), tokenizers.source.vocab_size,
+                               tokenizers.target.vocab_size)
     optimizers = module.configure_optimizers()
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
 
@@ -265,10 +267,13 @@ def test_killed_ddp_run_resumes_to_same_weights(ddp_run, prepared, tmp_path, dat
     process = subprocess.Popen(command, cwd=tmp_path, env=stage_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        state = wait_for_mid_epoch_state(paths, process, timeout=300)
+        wait_for_mid_epoch_state(paths, process, timeout=300)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # rank 0 and the rank it launched
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # rank 0 and the rank it launched
         process.wait(timeout=30)
+    # Read after the kill: rank 0 may have saved a newer checkpoint while the state was polled.
+    state = json.loads(next(paths.checkpoints.glob(f"train-*/{STATE_FILE}")).read_text())
 
     result = subprocess.run(command, cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr

@@ -101,3 +101,25 @@ def test_tokenizer_folder_layouts(training_text, tmp_path):
     separate = load_tokenizers(separate_dir)
     assert not separate.joint
     assert (separate.source.vocab_size, separate.target.vocab_size) == (400, 450)
+
+    # Both layouts in one folder are ambiguous.
+    (separate_dir / "spm.model").write_bytes((joint_dir / "spm.model").read_bytes())
+    with pytest.raises(ValueError, match="has both spm.model and per-side models"):
+        load_tokenizers(separate_dir)
+
+
+def test_training_rejects_tokenizer_of_other_layout(training_text, tmp_path):
+    """A config with tokenizer.joint=false and a folder with one joint model stop before any data is read."""
+    from pathlib import Path
+
+    from nmt.config import ConfigError, Paths, compose
+    from nmt.training.datamodule import TranslationDataModule
+
+    paths = Paths(tmp_path)
+    paths.tokenizer_dir.mkdir(parents=True)
+    train_sentencepiece(training_text, paths.tokenizer_dir / "spm", vocab_size=500)
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    cfg = compose(["tokenizer.joint=false", "model.tie_embeddings=false"], conf_dir)
+
+    with pytest.raises(ConfigError, match=r"tokenizer.joint=false, but .* has one joint model; rerun the tokenizer"):
+        TranslationDataModule(cfg, paths)

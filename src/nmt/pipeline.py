@@ -36,8 +36,8 @@ def require_prepared(paths: Paths, rank: int) -> None:
         tokenizer_files(paths.tokenizer_dir)
     except FileNotFoundError as error:
         raise FileNotFoundError(
-            f"rank {rank}: {error}. Start the other ranks after rank 0 has run prepare, tokenizer and references, "
-            "or run those stages first (dvc repro references)"
+            f"rank {rank}: no tokenizer in {paths.tokenizer_dir}. Start the other ranks after rank 0 has run "
+            "prepare, tokenizer and references, or run those stages first (dvc repro references)"
         ) from error
 
 

@@ -150,13 +150,19 @@ def as_pair(tokenizers: Tokenizer | TokenizerPair) -> TokenizerPair:
 def tokenizer_files(folder: str | Path) -> list[Path]:
     """Return the model files of a tokenizer folder: [spm.model], or [spm.src.model, spm.tgt.model].
 
-    Raise FileNotFoundError naming the folder if it has neither a joint model nor both per-side models.
+    Raise FileNotFoundError naming the folder if it has neither a joint model nor both per-side models, and
+    ValueError if it has both layouts.
     """
     folder = Path(folder)
     joint = folder / JOINT_MODEL
+    separate = [folder / SOURCE_MODEL, folder / TARGET_MODEL]
+    if joint.is_file() and any(path.is_file() for path in separate):
+        raise ValueError(
+            f"{folder} has both {JOINT_MODEL} and per-side models; rerun the tokenizer stage (dvc repro tokenizer) "
+            "or remove the layout the model was not trained with"
+        )
     if joint.is_file():
         return [joint]
-    separate = [folder / SOURCE_MODEL, folder / TARGET_MODEL]
     if all(path.is_file() for path in separate):
         return separate
     raise FileNotFoundError(

@@ -159,7 +159,7 @@ def load_translator(args: argparse.Namespace):
         )
     try:
         tokenizers = load_tokenizers(args.tokenizer)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise TranslateError(f"{error}, or pass --tokenizer PATH") from error
 
     device = args.device
@@ -167,6 +167,13 @@ def load_translator(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = load_model(checkpoint, map_location=device)
     model.to(device)
+    layouts = {True: "one joint tokenizer", False: "one tokenizer per side"}
+    trained_joint = bool((cfg.get("tokenizer") or {}).get("joint", True))
+    if tokenizers.joint != trained_joint:
+        raise TranslateError(
+            f"{checkpoint} was trained with {layouts[trained_joint]}, but {args.tokenizer} gives "
+            f"{layouts[tokenizers.joint]}; pass the tokenizer folder the model was trained with (--tokenizer)"
+        )
     for side, tokenizer, trained in (("source", tokenizers.source, model.config.src_vocab_size),
                                      ("target", tokenizers.target, model.config.tgt_vocab_size)):
         if tokenizer.vocab_size != trained:

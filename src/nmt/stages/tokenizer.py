@@ -2,7 +2,7 @@
 
 Output: ``data/tokenizer/``. With ``tokenizer.joint`` (the default) it holds one model trained on both sides,
 ``spm.model`` and ``spm.vocab``; otherwise one model per side trained on that side only, ``spm.src.model``
-and ``spm.tgt.model`` (each with its ``.vocab``), each with ``tokenizer.vocab_size`` pieces.
+and ``spm.tgt.model`` (each with its ``.vocab``), each with at most ``tokenizer.vocab_size`` pieces.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def stop_reason(trainer: L.Trainer, target_stop: StopAtTargetLoss, early_stop: E
         return "target_loss"
     if early_stop is not None and early_stop.stopped_epoch > 0:
         return "early_stopping"
-    if trainer.current_epoch >= trainer.max_epochs:
+    if completed_epochs(trainer) >= trainer.max_epochs:
         return "max_epochs"
     return "max_time"
 

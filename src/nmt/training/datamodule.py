@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from nmt.config import Paths
+from nmt.config import ConfigError, Paths
 from nmt.data.batching import TokenBatchSampler, collate, make_examples
 from nmt.data.parallel import check_aligned, read_lines
 from nmt.tokenizer import load_tokenizers
@@ -61,6 +61,12 @@ class TranslationDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.paths = paths
         self.tokenizers = load_tokenizers(paths.tokenizer_dir)
+        if self.tokenizers.joint != bool(cfg.tokenizer.joint):
+            layout = "one joint model" if self.tokenizers.joint else "one model per side"
+            raise ConfigError(
+                f"tokenizer.joint={str(cfg.tokenizer.joint).lower()}, but {paths.tokenizer_dir} has {layout}; "
+                "rerun the tokenizer stage (dvc repro tokenizer)"
+            )
         self.examples: dict[str, list] = {}
         self.sentences: dict[str, tuple[list[str], list[str]]] = {}
 

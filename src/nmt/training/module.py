@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Timer
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Timer
 from omegaconf import OmegaConf
 
 from nmt.loss import sequence_loss
@@ -122,7 +122,7 @@ class TranslationModule(L.LightningModule):
                 f"optim.cooldown_fraction={self.cfg.optim.cooldown_fraction} needs a time limit; "
                 "set trainer.max_time_minutes or use optim.cooldown_fraction=null"
             )
-        spent = timer.time_elapsed("train") / (60.0 * self.cfg.trainer.max_time_minutes)
+        spent = timer.time_elapsed() / (60.0 * self.cfg.trainer.max_time_minutes)
         self._time_fraction = float(self.trainer.strategy.broadcast(spent, src=0))
 
     def on_validation_epoch_start(self) -> None:

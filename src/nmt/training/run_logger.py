@@ -1,4 +1,4 @@
-"""Lightning's MLflow logger for a resumed run: a metric is never logged twice at the same step."""
+"""Lightning's MLflow logger for a resumed run: a metric is not logged again at a step the run already has."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ class ResumedMLFlowLogger(MLFlowLogger):
 
     A resumed run restarts at the step of its last checkpoint, so it computes again the metrics of the steps
     between that checkpoint and the interruption. For each metric key, a point at or below the highest step
-    that the run already holds for that key is dropped, and the interrupted process's value stays. On CPU the
-    recomputed values are equal to the dropped ones, because a resumed run repeats the same steps.
+    that the run already has for that key is dropped, and the interrupted process's value stays. On CPU the
+    recomputed values are equal to the dropped ones, because a resumed run repeats the same steps; with
+    ``optim.cooldown_fraction`` the learning rate follows the wall clock, and the kept values are those of the
+    interrupted process.
     """
 
     def __init__(self, *args, **kwargs) -> None:

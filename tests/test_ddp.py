@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +30,7 @@ from nmt.tokenizer import PAD_ID
 from nmt.training.datamodule import TranslationDataModule
 from nmt.training.module import TranslationModule
 from nmt.training.resume import STATE_FILE
-from tiny_project import new_project, prepared_folder, stage_env, tiny_config
+from tiny_project import new_project, prepared_folder, stage_env, tiny_config, wait_for_mid_epoch_state
 
 pytestmark = pytest.mark.slow
 
@@ -239,23 +238,6 @@ def test_ddp_diverging_run_fails_cleanly(prepared, tmp_path, data_dir):
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [run.info.status for run in runs] == ["FAILED"]
-
-
-def wait_for_mid_epoch_state(paths, process: subprocess.Popen, timeout: float) -> dict:
-    """Poll the resume state until it names a checkpoint saved within an epoch; return the state."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"train stage ended before a mid-epoch checkpoint (exit code {process.returncode})")
-        for path in paths.checkpoints.glob(f"train-*/{STATE_FILE}"):
-            try:
-                state = json.loads(path.read_text())
-            except ValueError:
-                continue
-            if state.get("checkpoint") and state.get("batches_done") is not None:
-                return state
-        time.sleep(0.05)
-    pytest.fail(f"no mid-epoch checkpoint within {timeout} s")
 
 
 def test_killed_ddp_run_resumes_to_same_weights(ddp_run, prepared, tmp_path, data_dir):

@@ -183,19 +183,25 @@ def test_model_change_reruns_train_and_evaluate_only(project):
     assert "Running stage 'tokenizer'" not in output
 
 
+def pipeline_command(tmp_path: Path, data_dir: Path, *overrides: str) -> list[str]:
+    """Return the nmt-pipeline command of a one-epoch tiny job in ``tmp_path/job``, logging to ``tmp_path``."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
+    return [
+        str(Path(sys.executable).parent / "nmt-pipeline"),
+        *tiny,
+        "trainer.max_epochs=1",
+        *overrides,
+        f"data.local_dir={data_dir}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    ]
+
+
 @pytest.mark.slow
 def test_hydra_pipeline_job(tmp_path, data_dir):
     job_dir = tmp_path / "job"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
-    command = [
-        str(Path(sys.executable).parent / "nmt-pipeline"),
-        *overrides,
-        "trainer.max_epochs=1",
-        f"data.local_dir={data_dir}",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"hydra.run.dir={job_dir}",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(pipeline_command(tmp_path, data_dir), cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
 
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((job_dir / "reports" / "metrics.json").read_text())
@@ -208,17 +214,7 @@ def test_hydra_pipeline_job(tmp_path, data_dir):
 def test_hydra_pipeline_separate_vocabularies(tmp_path, data_dir):
     """tokenizer.joint=false: one SentencePiece model per side, untied embeddings, evaluate and translate."""
     job_dir = tmp_path / "job"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
-    command = [
-        str(Path(sys.executable).parent / "nmt-pipeline"),
-        *overrides,
-        "trainer.max_epochs=1",
-        "tokenizer.joint=false",
-        "model.tie_embeddings=false",
-        f"data.local_dir={data_dir}",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"hydra.run.dir={job_dir}",
-    ]
+    command = pipeline_command(tmp_path, data_dir, "tokenizer.joint=false", "model.tie_embeddings=false")
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -257,17 +253,7 @@ def test_pipeline_ddp_runs_stages_once(tmp_path, data_dir):
     """With trainer=ddp_cpu the second rank reruns the job: it must skip the data stages and evaluate."""
     job_dir = tmp_path / "job"
     store = tmp_path / "mlflow.db"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
-    command = [
-        str(Path(sys.executable).parent / "nmt-pipeline"),
-        *overrides,
-        "trainer=ddp_cpu",
-        "trainer.precision=32-true",
-        "trainer.max_epochs=1",
-        f"data.local_dir={data_dir}",
-        f"mlflow.tracking_uri=sqlite:///{store}",
-        f"hydra.run.dir={job_dir}",
-    ]
+    command = pipeline_command(tmp_path, data_dir, "trainer=ddp_cpu", "trainer.precision=32-true")
     result = subprocess.run(command, cwd=REPO, env=stage_env(), capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
 

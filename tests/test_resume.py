@@ -7,7 +7,6 @@ import logging
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from nmt.stages import train
 from nmt.training.resume import STATE_FILE, training_key
-from tiny_project import new_project, prepared_folder, tiny_config
+from tiny_project import new_project, prepared_folder, tiny_config, wait_for_mid_epoch_state
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +168,9 @@ def test_killed_train_stage_resumes(uninterrupted, prepared, tmp_path):
     first_log = tmp_path / "first.log"
     with open(first_log, "w", encoding="utf-8") as log_file:
         process = subprocess.Popen(command, cwd=paths.root, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_for_mid_epoch_checkpoint(paths, process, first_log, timeout=120)
+        # By step 6 the first process has logged a training loss (at step 4), so the MLflow run has
+        # metrics of both processes.
+        wait_for_mid_epoch_state(paths, process, timeout=120, min_step=6, log_path=first_log)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     state = json.loads(next(paths.checkpoints.glob(f"train-*/{STATE_FILE}")).read_text())
@@ -193,25 +194,3 @@ def test_killed_train_stage_resumes(uninterrupted, prepared, tmp_path):
     logged_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_step")]
     assert min(logged_steps) < state["global_step"] < max(logged_steps)
     assert list(paths.checkpoints.glob("train-*")) == []
-
-
-def wait_for_mid_epoch_checkpoint(paths, process: subprocess.Popen, log_path: Path, timeout: float) -> dict:
-    """Poll state.json until it names a checkpoint saved within an epoch at step 6 or later; return the state.
-
-    By step 6 the first process has logged a training loss (at step 4), so the MLflow run contains metrics of both
-    processes.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"train stage ended before a checkpoint:\n{log_path.read_text()[-3000:]}")
-        for path in paths.checkpoints.glob(f"train-*/{STATE_FILE}"):
-            try:
-                state = json.loads(path.read_text())
-            except ValueError:
-                continue
-            if state.get("checkpoint") and state.get("batches_done") is not None and state["global_step"] >= 6:
-                return state
-        time.sleep(0.02)
-    process.kill()
-    pytest.fail(f"no mid-epoch checkpoint within {timeout} s")

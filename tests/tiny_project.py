@@ -6,10 +6,15 @@ epoch, a one-layer model with d_model 32 and dropout 0.3 (so that RNG state matt
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from conftest import CONF_DIR, REPO, write_params
 from nmt.config import Paths, compose
@@ -94,3 +99,27 @@ def stage_env() -> dict[str, str]:
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"
     return env
+
+
+def wait_for_mid_epoch_state(paths: Paths, process: subprocess.Popen, timeout: float, min_step: int = 0,
+                             log_path: Path | None = None) -> dict:
+    """Poll the train stage's resume state until it names a checkpoint saved within an epoch at global step
+    ``min_step`` or later, and return the state. Fail the test if ``process`` ends first (showing the end of
+    ``log_path``, when given) or after ``timeout`` seconds."""
+    from nmt.training.resume import STATE_FILE
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text()[-3000:] if log_path else ""
+            pytest.fail(f"train stage ended (exit code {process.returncode}) before a mid-epoch checkpoint\n{tail}")
+        for path in paths.checkpoints.glob(f"train-*/{STATE_FILE}"):
+            try:
+                state = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if state.get("checkpoint") and state.get("batches_done") is not None and state["global_step"] >= min_step:
+                return state
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail(f"no mid-epoch checkpoint within {timeout} s")

@@ -14,9 +14,8 @@ class ResumedMLFlowLogger(MLFlowLogger):
     A resumed run restarts at the step of its last checkpoint, so it computes again the metrics of the steps
     between that checkpoint and the interruption. For each metric key, a point at or below the highest step
     that the run already has for that key is dropped, and the interrupted process's value stays. On CPU the
-    recomputed values are equal to the dropped ones, because a resumed run repeats the same steps; with
-    ``optim.cooldown_fraction`` the learning rate follows the wall clock, and the kept values are those of the
-    interrupted process.
+    recomputed values are equal to the dropped ones, because a resumed run repeats the same steps. With
+    ``optim.cooldown_fraction`` set, the learning rate follows the wall clock and the two can differ.
     """
 
     def __init__(self, *args, **kwargs) -> None:

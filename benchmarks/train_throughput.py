@@ -101,7 +101,7 @@ def run_ours(cfg, examples, steps: int, warmup: int) -> dict:
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["optim"]["cooldown_fraction"] = None  # the time-budget cooldown needs a time limit; speed does not
+    config["optim"]["cooldown_fraction"] = None  # the cooldown needs a time limit and does not change speed
     module = TranslationModule(config, VOCAB, VOCAB)
     timer = StepTimer(warmup)
     trainer = L.Trainer(

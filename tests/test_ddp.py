@@ -240,7 +240,7 @@ def test_ddp_diverging_run_fails_cleanly(prepared, tmp_path, data_dir):
     assert [run.info.status for run in runs] == ["FAILED"]
 
 
-def test_killed_ddp_run_resumes_to_same_weights(ddp_run, prepared, tmp_path, data_dir):
+def test_killed_ddp_run_resumes(ddp_run, prepared, tmp_path, data_dir):
     """Kill both ranks after a mid-epoch checkpoint; the rerun resumes and ends with the uninterrupted weights."""
     cfg = tiny_config(tmp_path, *DDP_OVERRIDES, "train.checkpoint_every_n_steps=3", f"data.local_dir={data_dir}")
     paths = new_project(tmp_path, prepared, cfg)

@@ -11,7 +11,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((point.step, point.value) for point in client.get_metric_history(run_id, key))
 
 
-def test_resumed_logger_skips_steps_already_logged(tmp_path):
+def test_resumed_logger_skips_logged_steps(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("resume")

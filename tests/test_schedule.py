@@ -36,5 +36,5 @@ def test_cooldown_falls_linearly_over_last_share(time_fraction, expected):
 
 def test_cooldown_over_whole_budget_and_disabled():
     assert cooldown_multiplier(0.25, 1.0) == pytest.approx(0.75)
-    assert cooldown_multiplier(-0.1, 1.0) == 1.0  # clamped: never above the schedule's own factor
+    assert cooldown_multiplier(-0.1, 1.0) == 1.0  # clamped, so the schedule's own factor is never raised
     assert cooldown_multiplier(0.99, None) == 1.0

@@ -108,8 +108,8 @@ def test_tokenizer_folder_layouts(training_text, tmp_path):
         load_tokenizers(separate_dir)
 
 
-def test_training_rejects_tokenizer_of_other_layout(training_text, tmp_path):
-    """A config with tokenizer.joint=false and a folder with one joint model stop before any data is read."""
+def test_datamodule_rejects_other_layout(training_text, tmp_path):
+    """A config with tokenizer.joint=false stops at a folder with one joint model, before any data is read."""
     from pathlib import Path
 
     from nmt.config import ConfigError, Paths, compose

@@ -104,8 +104,11 @@ def stage_env() -> dict[str, str]:
 def wait_for_mid_epoch_state(paths: Paths, process: subprocess.Popen, timeout: float, min_step: int = 0,
                              log_path: Path | None = None) -> dict:
     """Poll the train stage's resume state until it names a checkpoint saved within an epoch at global step
-    ``min_step`` or later, and return the state. Fail the test if ``process`` ends first (showing the end of
-    ``log_path``, when given) or after ``timeout`` seconds."""
+    ``min_step`` or later, and return the state.
+
+    Fail the test if ``process`` ends first, showing the end of ``log_path`` when given, or after ``timeout``
+    seconds.
+    """
     from nmt.training.resume import STATE_FILE
 
     deadline = time.monotonic() + timeout

@@ -156,7 +156,7 @@ def ensure_experiment(uri: str, name: str, attempts: int = 5) -> str:
 def make_logger(cfg, run_name: str, run_id: str | None = None):
     """Create Lightning's MLFlowLogger for a new run, or for the existing ``run_id`` of a resumed run.
 
-    The logger of a resumed run does not log a metric again at a step the run already holds. Fails before any
+    The logger of a resumed run does not log a metric again at a step the run already has. Fails before any
     work if the tracking server is unreachable.
     """
     from lightning.pytorch.loggers import MLFlowLogger

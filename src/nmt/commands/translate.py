@@ -263,8 +263,9 @@ def print_trace(model, tokenizers, text: str, decode_cfg: dict) -> None:
     limit = max_output_lengths(src.ne(PAD_ID).sum(dim=1), decode_cfg["max_len_a"], decode_cfg["max_len_b"],
                                model.config.max_positions)
     print(f"source ({len(source)} pieces): {' '.join(tokenizers.source.pieces(source))}")
-    target = tokenizers.target
     print(f"output limit: {int(limit[0])} pieces")
+
+    target = tokenizers.target
 
     output: list[int] = []
     for number, step in enumerate(greedy_steps(model, src, limit, method="textbook"), start=1):

@@ -34,8 +34,9 @@ def encode_sources(tokenizer: Tokenizer, sentences: list[str], max_positions: in
 
     ``tokenizer`` is the source side's tokenizer. Whitespace is normalized as in the training data. A
     sentence with more than ``max_positions - 1`` pieces is truncated to that many, and characters that the
-    tokenizer never saw become ``<unk>``. Both cases are logged as warnings naming the sentence by its 1-based position in ``sentences`` ("line N"),
-    which is its line number when ``sentences`` are the lines of a file.
+    tokenizer never saw become ``<unk>``. Both cases are logged as warnings naming the sentence by its
+    1-based position in ``sentences`` ("line N"), which is its line number when ``sentences`` are the lines
+    of a file.
     """
     normalized = [normalize_whitespace(sentence) for sentence in sentences]
     encoded = tokenizer.encode(normalized)

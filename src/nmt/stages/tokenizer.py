@@ -1,6 +1,6 @@
 """Stage ``tokenizer``: train SentencePiece on the training split.
 
-Output: ``data/tokenizer/``. With ``tokenizer.joint`` (the default) it holds one model trained on both sides,
+Output: ``data/tokenizer/``. With ``tokenizer.joint`` (the default) it contains one model trained on both sides,
 ``spm.model`` and ``spm.vocab``; otherwise one model per side trained on that side only, ``spm.src.model``
 and ``spm.tgt.model`` (each with its ``.vocab``), each with at most ``tokenizer.vocab_size`` pieces.
 """

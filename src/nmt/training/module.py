@@ -108,8 +108,8 @@ class TranslationModule(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Measure the share of the time budget spent, for the lr cooldown (``optim.cooldown_fraction``).
 
-        It is measured every ``COOLDOWN_REFRESH_STEPS`` steps, and under DDP rank 0's value is broadcast, so that
-        every rank applies the same learning rate and the replicas stay equal.
+        It is measured every ``COOLDOWN_REFRESH_STEPS`` steps. Under DDP rank 0's value is broadcast, so every
+        rank applies the same learning rate and the replicas stay equal.
         """
         if self.cfg.optim.get("cooldown_fraction") is None:
             return

@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nmt.stages import train
+from nmt.training import module as training_module
 from nmt.training.resume import STATE_FILE, training_key
 from tiny_project import new_project, prepared_folder, tiny_config, wait_for_mid_epoch_state
 
@@ -46,13 +48,40 @@ class CrashAtStep(L.Callback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
-def crash_at(monkeypatch, step: int) -> None:
+class SlowSteps(L.Callback):
+    """Sleep ``seconds`` after each optimizer step up to ``last_step``, so that they use a known share of time."""
+
+    def __init__(self, seconds: float, last_step: int) -> None:
+        self.seconds = seconds
+        self.last_step = last_step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step <= self.last_step:
+            time.sleep(self.seconds)
+
+
+class RecordLr(L.Callback):
+    """Record the learning rate set for the next step, after each optimizer step: ``{global_step: lr}``."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def add_callbacks(monkeypatch, *extra: L.Callback) -> None:
+    """Make ``train.run`` build its trainer with ``extra`` callbacks appended."""
     build = train.build_trainer
 
-    def build_with_crash(cfg, paths, logger, callbacks):
-        return build(cfg, paths, logger, [*callbacks, CrashAtStep(step)])
+    def build_with_extra(cfg, paths, logger, callbacks):
+        return build(cfg, paths, logger, [*callbacks, *extra])
 
-    monkeypatch.setattr(train, "build_trainer", build_with_crash)
+    monkeypatch.setattr(train, "build_trainer", build_with_extra)
+
+
+def crash_at(monkeypatch, step: int) -> None:
+    add_callbacks(monkeypatch, CrashAtStep(step))
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +223,41 @@ def test_killed_train_stage_resumes(uninterrupted, prepared, tmp_path):
     logged_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_step")]
     assert min(logged_steps) < state["global_step"] < max(logged_steps)
     assert list(paths.checkpoints.glob("train-*")) == []
+
+
+def test_resumed_cooldown_continues(prepared, tmp_path, monkeypatch):
+    """The lr cooldown of a resumed run continues from the time spent before the crash, not from the start.
+
+    Lightning's Timer keeps the elapsed time in the checkpoint. Each of the first 10 steps is followed by a
+    0.25 s sleep, so by the checkpoint at step 10 at least 2.25 s of the 6-second budget are spent and the
+    lr is at most 63% of the peak. Had the resumed run started its clock again, its first lr would be close
+    to the peak.
+    """
+    monkeypatch.setattr(training_module, "COOLDOWN_REFRESH_STEPS", 1)
+    paths = new_project(tmp_path, prepared)
+    cfg = tiny_config(prepared, "trainer.max_epochs=10000", "trainer.max_time_minutes=0.1",
+                      "optim.scheduler=constant", "optim.cooldown_fraction=1.0")
+    peak = cfg.optim.lr
+
+    crashed = RecordLr()
+    add_callbacks(monkeypatch, SlowSteps(0.25, last_step=10), crashed, CrashAtStep(13))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.run(cfg, paths)
+    state = json.loads(next(paths.checkpoints.glob(f"train-*/{STATE_FILE}")).read_text())
+    assert state["global_step"] == 10
+    assert crashed.lrs[10] < 0.7 * peak
+
+    monkeypatch.undo()
+    monkeypatch.setattr(training_module, "COOLDOWN_REFRESH_STEPS", 1)
+    resumed = RecordLr()
+    add_callbacks(monkeypatch, resumed)
+    summary = train.run(cfg, paths)
+
+    assert summary["resumed_from_step"] == 10
+    assert summary["stop_reason"] == "max_time"
+    steps = sorted(resumed.lrs)
+    assert steps[0] == 11
+    assert resumed.lrs[11] <= crashed.lrs[10]
+    lrs = [resumed.lrs[step] for step in steps]
+    assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:]))
+    assert lrs[-1] < 0.2 * peak

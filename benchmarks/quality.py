@@ -54,7 +54,8 @@ def check_recipe(project: Path, experiment: str, params: dict) -> None:
 
     expected = OmegaConf.to_container(compose([f"experiment={experiment}"], project / "conf"), resolve=True)
     for group, key in (("data", "name"), ("model", "name"), ("model", "d_model"), ("optim", "lr"),
-                       ("optim", "cooldown_fraction"), ("trainer", "max_time_minutes")):
+                       ("optim", "cooldown_fraction"), ("trainer", "max_time_minutes"),
+                       ("evaluate", "length_penalty_grid")):
         if params[group].get(key) != expected[group][key]:
             raise SystemExit(
                 f"{project}/params.yaml has {group}.{key}={params[group].get(key)!r}, but experiment={experiment} sets "
@@ -105,9 +106,11 @@ def run_entry(project: Path, experiment: str, mlflow_store: str | None) -> tuple
             "precision": params["trainer"]["precision"],
             "max_time_minutes": params["trainer"]["max_time_minutes"],
             "beam_size": params["decode"]["beam_size"],
-            "length_penalty": params["decode"]["length_penalty"],
+            "length_penalty": metrics.get("length_penalty", {}).get("selected", params["decode"]["length_penalty"]),
         },
     )
+    if "length_penalty" in metrics:
+        entry["length_penalty_sweep"] = metrics["length_penalty"]["sweep"]
     target = TARGETS.get(params["data"]["name"])
     if target is not None and "test_2016_flickr" in entry:
         entry["target_bleu_lc_tok_test_2016"] = target
@@ -150,6 +153,11 @@ def markdown(report: dict) -> str:
             f"- Validation BLEU (greedy): best checkpoint {entry['best_val_bleu']}, averaged weights "
             f"{entry['average_val_bleu']}; evaluated `{entry['checkpoint']}`.",
         ]
+        if entry.get("length_penalty_sweep"):
+            sweep = ", ".join(f"{point['length_penalty']:g}: {point['val_bleu']:.2f}"
+                              for point in entry["length_penalty_sweep"])
+            lines.append(f"- Length penalty {entry['config']['length_penalty']:g}, chosen by beam BLEU on the "
+                         f"validation split ({sweep}).")
         if greedy:
             lines.append(f"- test_2016_flickr greedy: bleu_lc_tok {greedy['bleu_lc_tok']}, bleu {greedy['bleu']}.")
         if entry.get("conditions"):

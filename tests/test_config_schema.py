@@ -85,11 +85,19 @@ def test_wrong_type_rejected(override, message):
         ("optim.cooldown_fraction=1.5", r"optim.cooldown_fraction=1.5 must be in \(0, 1\]"),
         ("evaluate.test_sets=[test_2018_flickr]", r"evaluate.test_sets has \['test_2018_flickr'\]"),
         ("data.tgt_lang=en", r"data.src_lang and data.tgt_lang are both 'en'"),
+        ("evaluate.length_penalty_grid=[1.0,-0.5]",
+         r"evaluate.length_penalty_grid=\[1.0, -0.5\] must list zero or positive values"),
+        ("evaluate.length_penalty_grid=[]", r"evaluate.length_penalty_grid=\[\] must list zero or positive values"),
     ],
 )
 def test_impossible_value_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
         compose([override], CONF_DIR)
+
+
+def test_length_penalty_grid_needs_beam():
+    with pytest.raises(ConfigError, match=r"decode.beam_size=1 \(greedy\) uses no length penalty"):
+        compose(["evaluate.length_penalty_grid=[0.6,1.0]", "decode.beam_size=1"], CONF_DIR)
 
 
 def test_cooldown_needs_time_limit():

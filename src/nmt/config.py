@@ -221,6 +221,15 @@ def value_problems(cfg: DictConfig) -> list[str]:
     require(decode.max_len_a >= 0 and decode.max_len_b >= 0,
             f"decode.max_len_a={decode.max_len_a} and decode.max_len_b={decode.max_len_b} must be zero or positive")
 
+    grid = cfg.evaluate.get("length_penalty_grid")
+    if grid is not None:
+        require(len(grid) > 0 and all(alpha >= 0 for alpha in grid),
+                f"evaluate.length_penalty_grid={list(grid)} must list zero or positive values; "
+                "use null to keep decode.length_penalty")
+        require(decode.beam_size > 1,
+                "evaluate.length_penalty_grid is set, but decode.beam_size=1 (greedy) uses no length penalty; "
+                "set decode.beam_size above 1 or evaluate.length_penalty_grid=null")
+
     unknown_sets = [name for name in cfg.evaluate.test_sets if name not in data.splits]
     require(not unknown_sets, f"evaluate.test_sets has {unknown_sets}, which data.splits={list(data.splits)} "
                               "does not prepare; add them to data.splits or remove them from evaluate.test_sets")

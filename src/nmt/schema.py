@@ -107,6 +107,7 @@ class DecodeSchema:
 class EvaluateSchema:
     test_sets: List[str] = MISSING
     samples: int = MISSING
+    length_penalty_grid: Optional[List[float]] = None
 
 
 @dataclass

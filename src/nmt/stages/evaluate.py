@@ -1,6 +1,8 @@
 """Stage ``evaluate``: decode the test sets with the checkpoint that training selected, score them, report.
 
 Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
+With ``evaluate.length_penalty_grid`` set, beam search uses the length penalty of that grid that scores the
+highest BLEU on the validation split, in place of ``decode.length_penalty``.
 Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
 (encoder-decoder attention of a few test sentences), written to temporary names and renamed together once
 every test set is scored. Scores and the files are also logged into the training run in MLflow.
@@ -45,22 +47,55 @@ def samples_markdown(
     return "\n".join(lines)
 
 
-def decode_and_score(model, tokenizers, cfg, sources, references, tokenized_references, beam_size: int) -> tuple:
-    """Translate ``sources`` with ``beam_size`` (1 = greedy) and return (scores, hypotheses, output ids, seconds)."""
-    decode = cfg.decode
+def decode(model, tokenizers, cfg, sources: list[str], beam_size: int, length_penalty: float) -> tuple:
+    """Translate ``sources`` with ``beam_size`` (1 = greedy) and return (hypotheses, output ids, seconds)."""
+    options = cfg.decode
     started = time.perf_counter()
     translations = translate(
-        model, tokenizers, sources, beam_size=beam_size, length_penalty=decode.length_penalty,
-        batch_size=decode.batch_size, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b, method=decode.method,
+        model, tokenizers, sources, beam_size=beam_size, length_penalty=length_penalty,
+        batch_size=options.batch_size, max_len_a=options.max_len_a, max_len_b=options.max_len_b,
+        method=options.method,
     )
     seconds = time.perf_counter() - started
     hypotheses = [best[0].text if best else "" for best in translations]
     output_ids = [best[0].tokens if best else [] for best in translations]
+    return hypotheses, output_ids, seconds
+
+
+def decode_and_score(model, tokenizers, cfg, sources, references, tokenized_references, beam_size: int,
+                     length_penalty: float) -> tuple:
+    """Translate ``sources`` with ``beam_size`` (1 = greedy) and return (scores, hypotheses, output ids, seconds)."""
+    hypotheses, output_ids, seconds = decode(model, tokenizers, cfg, sources, beam_size, length_penalty)
 
     result = score(hypotheses, references)
     result["bleu_lc_tok"] = paper_bleu(hypotheses, tokenized_references, cfg.data.tgt_lang)
     result["decoding"] = decoding_name(beam_size)
+    if beam_size > 1:
+        result["length_penalty"] = length_penalty
     return result, hypotheses, output_ids, seconds
+
+
+def tune_length_penalty(model, tokenizers, cfg, paths: Paths) -> tuple[float, list[dict]]:
+    """Beam-decode the validation split with each alpha of ``evaluate.length_penalty_grid``.
+
+    Returns the alpha with the highest cased BLEU (a tie goes to the one listed first) and the sweep as
+    ``[{"length_penalty": alpha, "val_bleu": bleu}, ...]`` in grid order.
+    """
+    src_path = paths.split_file("val", cfg.data.src_lang)
+    ref_path = paths.split_file("val", cfg.data.tgt_lang)
+    sources = read_lines(src_path)
+    references = read_lines(ref_path)
+    check_aligned("reading val", sources, references, (str(src_path), str(ref_path)))
+
+    sweep = []
+    for alpha in cfg.evaluate.length_penalty_grid:
+        hypotheses, _, seconds = decode(model, tokenizers, cfg, sources, cfg.decode.beam_size, alpha)
+        bleu = score(hypotheses, references)["bleu"]
+        log.info("val, beam%d, length penalty %g: BLEU %.2f (%.1f s)", cfg.decode.beam_size, alpha, bleu, seconds)
+        sweep.append({"length_penalty": float(alpha), "val_bleu": bleu})
+
+    best = max(sweep, key=lambda point: point["val_bleu"])
+    return best["length_penalty"], sweep
 
 
 @torch.inference_mode()
@@ -88,6 +123,11 @@ def run(cfg, paths: Paths) -> dict:
     beam_size = cfg.decode.beam_size
 
     metrics, samples, attention_inputs = {}, "", []
+    length_penalty = cfg.decode.length_penalty
+    if cfg.evaluate.get("length_penalty_grid"):
+        length_penalty, sweep = tune_length_penalty(model, tokenizers, cfg, paths)
+        metrics["length_penalty"] = {"selected": length_penalty, "sweep": sweep}
+        log.info("length penalty %g has the highest validation BLEU; decoding the test sets with it", length_penalty)
     for test_set in cfg.evaluate.test_sets:
         src_path = paths.split_file(test_set, cfg.data.src_lang)
         ref_path = paths.split_file(test_set, cfg.data.tgt_lang)
@@ -98,7 +138,7 @@ def run(cfg, paths: Paths) -> dict:
         tokenized_references = read_lines(references_dir(paths) / f"{test_set}.{cfg.data.tgt_lang}")[: len(sources)]
 
         primary, hypotheses, output_ids, seconds = decode_and_score(
-            model, tokenizers, cfg, sources, references, tokenized_references, beam_size
+            model, tokenizers, cfg, sources, references, tokenized_references, beam_size, length_penalty
         )
         check_aligned(f"translating {test_set}", sources, hypotheses, (str(src_path), "the hypotheses"))
         metrics[test_set] = primary
@@ -106,7 +146,7 @@ def run(cfg, paths: Paths) -> dict:
                  primary["decoding"], primary["bleu"], primary["chrf"], primary["bleu_lc_tok"], len(sources), seconds)
         if beam_size > 1:
             greedy, _, _, seconds = decode_and_score(
-                model, tokenizers, cfg, sources, references, tokenized_references, 1
+                model, tokenizers, cfg, sources, references, tokenized_references, 1, length_penalty
             )
             metrics[test_set]["greedy"] = {k: greedy[k] for k in ("bleu", "chrf", "bleu_lc_tok", "decoding")}
             log.info("%s, greedy: BLEU %.2f, chrF %.2f, lowercased tokenized BLEU %.2f (%.1f s)", test_set,
@@ -138,6 +178,8 @@ def run(cfg, paths: Paths) -> dict:
             tracking.log_metric(run_id, f"{test_set}/{key}", metrics[test_set][key])
             if "greedy" in metrics[test_set]:
                 tracking.log_metric(run_id, f"{test_set}/greedy_{key}", metrics[test_set]["greedy"][key])
+    if "length_penalty" in metrics:
+        tracking.log_metric(run_id, "val/selected_length_penalty", metrics["length_penalty"]["selected"])
     for path in [paths.reports / "metrics.json", paths.reports / "samples.md", *attention_paths]:
         tracking.log_artifact(run_id, str(path))
     return metrics

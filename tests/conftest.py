@@ -26,13 +26,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_mlflow(monkeypatch):
+def _quiet_mlflow():
     """Keep tests off any tracking server a developer has configured, and off each other's stores.
 
     MLflow's ``set_tracking_uri``, which Lightning's MLFlowLogger calls, exports ``MLFLOW_TRACKING_URI``; the
-    variable is removed after each test so that later subprocesses (dvc, stages) use their own params.
+    variable is removed before and after each test so that later subprocesses (dvc, stages) use their own
+    params. It is not restored afterwards: a module-scoped fixture that trains runs before this fixture, so a
+    restored value would be that fixture's store and would leak into the next test module.
     """
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 

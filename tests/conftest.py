@@ -31,8 +31,8 @@ def _quiet_mlflow():
 
     MLflow's ``set_tracking_uri``, which Lightning's MLFlowLogger calls, exports ``MLFLOW_TRACKING_URI``; the
     variable is removed before and after each test so that later subprocesses (dvc, stages) use their own
-    params. It is not restored afterwards: a module-scoped fixture that trains runs before this fixture, so a
-    restored value would be that fixture's store and would leak into the next test module.
+    params. It is not restored, because a module-scoped fixture that trains runs before this fixture. The
+    restored value would be that fixture's store, and it would leak into the next test module.
     """
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield

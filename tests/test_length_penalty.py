@@ -56,7 +56,7 @@ def test_selected_alpha_has_best_val_bleu(evaluated):
     assert evaluated["metrics"]["length_penalty"]["selected"] == first_best
 
 
-def test_test_sets_decoded_with_selected_alpha(evaluated):
+def test_test_sets_use_selected_alpha(evaluated):
     # The validation split and each test set have 8 sentences (data.max_eval_pairs=8).
     metrics = evaluated["metrics"]
     selected = metrics["length_penalty"]["selected"]

@@ -55,8 +55,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--beam-size", type=int, default=5, help="beam size (default: 5; 1 is greedy decoding)")
     parser.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
                         help="GNMT length penalty exponent alpha: scores are log P / ((5 + length) / 6)^alpha "
-                             "(default: 1.0; 0 ranks by log-probability). The value that evaluate picked from "
-                             "evaluate.length_penalty_grid is not read: take it from reports/metrics.json")
+                             "(default: 1.0; 0 ranks by log-probability). The value that evaluate picked with "
+                             "evaluate.length_penalty_grid is not read, so pass it from reports/metrics.json")
     parser.add_argument("--n-best", type=int, metavar="N",
                         help="write the N best translations per input line as 'score<TAB>text' (N <= beam size)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding, the same as --beam-size 1")

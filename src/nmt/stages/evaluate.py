@@ -1,8 +1,8 @@
 """Stage ``evaluate``: decode the test sets with the checkpoint that training selected, score them, report.
 
 Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
-With ``evaluate.length_penalty_grid`` set, beam search uses the length penalty of that grid that scores the
-highest BLEU on the validation split, in place of ``decode.length_penalty``.
+With ``evaluate.length_penalty_grid`` set, beam search uses the value of that grid with the highest BLEU on
+the validation split in place of ``decode.length_penalty``.
 Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
 (encoder-decoder attention of a few test sentences), written to temporary names and renamed together once
 every test set is scored. Scores and the files are also logged into the training run in MLflow.
@@ -127,7 +127,8 @@ def run(cfg, paths: Paths) -> dict:
     if cfg.evaluate.get("length_penalty_grid"):
         length_penalty, sweep = tune_length_penalty(model, tokenizers, cfg, paths)
         metrics["length_penalty"] = {"selected": length_penalty, "sweep": sweep}
-        log.info("length penalty %g has the highest validation BLEU; decoding the test sets with it", length_penalty)
+        log.info("decoding the test sets with length penalty %g, the grid's best on validation", length_penalty)
+
     for test_set in cfg.evaluate.test_sets:
         src_path = paths.split_file(test_set, cfg.data.src_lang)
         ref_path = paths.split_file(test_set, cfg.data.tgt_lang)

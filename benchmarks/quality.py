@@ -55,11 +55,13 @@ def check_recipe(project: Path, experiment: str, params: dict) -> None:
     expected = OmegaConf.to_container(compose([f"experiment={experiment}"], project / "conf"), resolve=True)
     for group, key in (("data", "name"), ("model", "name"), ("model", "d_model"), ("optim", "lr"),
                        ("optim", "cooldown_fraction"), ("trainer", "max_time_minutes"),
-                       ("evaluate", "length_penalty_grid")):
-        if params[group].get(key) != expected[group][key]:
+                       ("evaluate", "length_penalty_grid"), ("tokenizer", "lowercase")):
+        # Keys added to conf/ after a run was made are absent from its params.yaml: both sides read them as unset.
+        used, wanted = params[group].get(key), expected[group].get(key)
+        if bool(used) != bool(wanted) or (used and used != wanted):
             raise SystemExit(
-                f"{project}/params.yaml has {group}.{key}={params[group].get(key)!r}, but experiment={experiment} sets "
-                f"{expected[group][key]!r}; pass the experiment that produced this run, or rerun it with "
+                f"{project}/params.yaml has {group}.{key}={used!r}, but experiment={experiment} sets "
+                f"{wanted!r}; pass the experiment that produced this run, or rerun it with "
                 f"dvc exp run -S experiment={experiment}"
             )
 
@@ -109,6 +111,8 @@ def run_entry(project: Path, experiment: str, mlflow_store: str | None) -> tuple
             "length_penalty": metrics.get("length_penalty", {}).get("selected", params["decode"]["length_penalty"]),
         },
     )
+    if params["tokenizer"].get("lowercase"):
+        entry["config"]["tokenizer_lowercase"] = True
     if "length_penalty" in metrics:
         entry["length_penalty_sweep"] = metrics["length_penalty"]["sweep"]
     target = TARGETS.get(params["data"]["name"])

@@ -214,3 +214,23 @@ def test_trace_needs_text(translator, monkeypatch, capsys):
     set_stdin(monkeypatch, b"A dog.\n")
     assert run_cli(translator, "--trace") == 1
     assert "--trace" in capsys.readouterr().err
+
+
+def test_lowercasing_tokenizer_rejected_for_cased_model(translator, tmp_path, capsys):
+    """The checkpoint was trained on text as written; a tokenizer folder that lowercases its input is refused."""
+    from pathlib import Path
+
+    from nmt.tokenizer import SETTINGS_FILE, write_settings
+
+    folder = tmp_path / "lowercased"
+    folder.mkdir()
+    (folder / "spm.model").write_bytes(Path(translator["tokenizer"]).read_bytes())
+    write_settings(folder, lowercase=True)
+    assert (folder / SETTINGS_FILE).is_file()
+
+    code = main(["translate", "--checkpoint", translator["checkpoint"], "--tokenizer", str(folder), "A dog."])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "was trained on text as written, but" in err
+    assert "encodes lowercased text" in err
+    assert "pass the tokenizer folder the model was trained with (--tokenizer)" in err

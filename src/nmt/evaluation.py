@@ -10,11 +10,15 @@ from __future__ import annotations
 import sacrebleu
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    """Return corpus BLEU, chrF and the BLEU signature for one test set (one reference per sentence)."""
+def score(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict:
+    """Return corpus BLEU, chrF and the BLEU signature for one test set (one reference per sentence).
+
+    Both are cased unless ``lowercase``, which lowercases hypotheses and references first (``case:lc`` in the
+    signature).
+    """
     _check_aligned(hypotheses, references)
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
+    bleu = sacrebleu.metrics.BLEU(lowercase=lowercase)
+    chrf = sacrebleu.metrics.CHRF(lowercase=lowercase)
     bleu_score = bleu.corpus_score(hypotheses, [references])
     return {
         "bleu": round(bleu_score.score, 2),

@@ -76,6 +76,7 @@ class TokenizerSchema:
     joint: bool = MISSING
     character_coverage: float = MISSING
     byte_fallback: bool = MISSING
+    lowercase: bool = False
 
 
 @dataclass

@@ -15,11 +15,14 @@ with ``byte_fallback``, which encodes them as UTF-8 byte pieces that decode back
 
 A tokenizer folder has either one joint model for both languages (``spm.model``, needed for tied
 embeddings) or one model per side (``spm.src.model`` and ``spm.tgt.model``); ``load_tokenizers`` reads
-either as a ``TokenizerPair``.
+either as a ``TokenizerPair``. A folder trained on lowercased text also holds ``tokenizer.json`` with
+``{"lowercase": true}``: its tokenizers lowercase every sentence before encoding it, so the model only ever
+sees and produces lowercase text. Without that file the text is encoded as it is.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ REQUIRED_CHARS = "".join(sorted(set("".join(SPECIAL_TOKENS))))
 
 JOINT_MODEL = "spm.model"
 SOURCE_MODEL, TARGET_MODEL = "spm.src.model", "spm.tgt.model"
+SETTINGS_FILE = "tokenizer.json"
 
 
 def train_sentencepiece(
@@ -99,8 +103,9 @@ def _drop_training_folder(model_path: Path) -> None:
 class Tokenizer:
     """A trained SentencePiece model: text to ids and back."""
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, lowercase: bool = False) -> None:
         self.model_path = Path(model_path)
+        self.lowercase = lowercase
         if not self.model_path.is_file():
             raise FileNotFoundError(
                 f"tokenizer model {self.model_path} not found; run the tokenizer stage first (dvc repro tokenizer)"
@@ -115,7 +120,9 @@ class Tokenizer:
         return self.sp.get_piece_size()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Encode sentences to piece ids, without start or end tokens."""
+        """Encode sentences to piece ids, without start or end tokens (lowercased first if ``lowercase``)."""
+        if self.lowercase:
+            texts = [text.lower() for text in texts]
         return self.sp.encode(texts, out_type=int)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
@@ -138,6 +145,10 @@ class TokenizerPair:
     @property
     def joint(self) -> bool:
         return self.source is self.target
+
+    @property
+    def lowercase(self) -> bool:
+        return self.source.lowercase
 
 
 def as_pair(tokenizers: Tokenizer | TokenizerPair) -> TokenizerPair:
@@ -171,12 +182,45 @@ def tokenizer_files(folder: str | Path) -> list[Path]:
     )
 
 
+def write_settings(folder: str | Path, lowercase: bool) -> None:
+    """Record in ``folder`` that its models were trained on lowercased text (nothing to write otherwise)."""
+    if lowercase:
+        (Path(folder) / SETTINGS_FILE).write_text(json.dumps({"lowercase": True}) + "\n", encoding="utf-8")
+
+
+def read_settings(folder: str | Path) -> dict:
+    """Return the settings of a tokenizer folder: ``{"lowercase": bool}``, false when it has no settings file.
+
+    Raise ValueError naming the file if it is not a JSON object with a boolean ``lowercase``.
+    """
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return {"lowercase": False}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); rerun the tokenizer stage (dvc repro tokenizer)"
+        ) from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("lowercase"), bool):
+        raise ValueError(
+            f'{path} must be a JSON object like {{"lowercase": true}}, not {settings!r}; rerun the tokenizer stage '
+            "(dvc repro tokenizer)"
+        )
+    return settings
+
+
 def load_tokenizers(path: str | Path) -> TokenizerPair:
-    """Load the tokenizers of a folder (see ``tokenizer_files``), or one model file as a joint tokenizer."""
+    """Load the tokenizers of a folder (see ``tokenizer_files``), or one model file as a joint tokenizer.
+
+    The settings file of the folder (of the model file's folder, for one file) sets ``lowercase``.
+    """
     path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    lowercase = read_settings(folder)["lowercase"]
     if path.is_dir():
         files = tokenizer_files(path)
         if len(files) == 1:
-            return as_pair(Tokenizer(files[0]))
-        return TokenizerPair(Tokenizer(files[0]), Tokenizer(files[1]))
-    return as_pair(Tokenizer(path))
+            return as_pair(Tokenizer(files[0], lowercase))
+        return TokenizerPair(Tokenizer(files[0], lowercase), Tokenizer(files[1], lowercase))
+    return as_pair(Tokenizer(path, lowercase))

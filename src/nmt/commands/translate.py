@@ -10,6 +10,8 @@ Inputs the model was not trained for:
   model translates the sentence with that placeholder. An ``<unk>`` in the output is written as " ⁇ ".
   A tokenizer trained with ``byte_fallback`` encodes such characters as byte pieces instead.
 - A line with more pieces than the model has source positions is truncated, and a warning names the line.
+- A model trained on lowercased text (``tokenizer.lowercase``) lowercases every input and writes lowercase
+  output.
 - An input that is not valid UTF-8 stops the command with an error naming the file and line, before any
   output file is written."""
 
@@ -174,6 +176,13 @@ def load_translator(args: argparse.Namespace):
         raise TranslateError(
             f"{checkpoint} was trained with {layouts[trained_joint]}, but {args.tokenizer} gives "
             f"{layouts[tokenizers.joint]}; pass the tokenizer folder the model was trained with (--tokenizer)"
+        )
+    trained_lowercase = bool((cfg.get("tokenizer") or {}).get("lowercase", False))
+    if tokenizers.lowercase != trained_lowercase:
+        cases = {True: "lowercased text", False: "text as written"}
+        raise TranslateError(
+            f"{checkpoint} was trained on {cases[trained_lowercase]}, but {args.tokenizer} encodes "
+            f"{cases[tokenizers.lowercase]}; pass the tokenizer folder the model was trained with (--tokenizer)"
         )
     for side, tokenizer, trained in (("source", tokenizers.source, model.config.src_vocab_size),
                                      ("target", tokenizers.target, model.config.tgt_vocab_size)):

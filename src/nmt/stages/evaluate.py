@@ -2,7 +2,10 @@
 
 Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
 With ``evaluate.length_penalty_grid`` set, beam search uses the value of that grid with the highest BLEU on
-the validation split in place of ``decode.length_penalty``.
+the validation split in place of ``decode.length_penalty``. A model trained on lowercased text
+(``tokenizer.lowercase``) writes lowercase hypotheses: its ``bleu`` and ``chrf`` are still scored against the
+cased references, so only ``bleu_lc_tok`` compares with a cased model; metrics.json then has
+``"tokenizer_lowercase": true``.
 Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
 (encoder-decoder attention of a few test sentences), written to temporary names and renamed together once
 every test set is scored. Scores and the files are also logged into the training run in MLflow.
@@ -78,7 +81,8 @@ def decode_and_score(model, tokenizers, cfg, sources, references, tokenized_refe
 def tune_length_penalty(model, tokenizers, cfg, paths: Paths) -> tuple[float, list[dict]]:
     """Beam-decode the validation split with each alpha of ``evaluate.length_penalty_grid``.
 
-    Returns the alpha with the highest cased BLEU (a tie goes to the one listed first) and the sweep as
+    Returns the alpha with the highest BLEU (a tie goes to the one listed first; lowercased BLEU for a model
+    trained on lowercased text) and the sweep as
     ``[{"length_penalty": alpha, "val_bleu": bleu}, ...]`` in grid order.
     """
     src_path = paths.split_file("val", cfg.data.src_lang)
@@ -90,7 +94,7 @@ def tune_length_penalty(model, tokenizers, cfg, paths: Paths) -> tuple[float, li
     sweep = []
     for alpha in cfg.evaluate.length_penalty_grid:
         hypotheses, _, seconds = decode(model, tokenizers, cfg, sources, cfg.decode.beam_size, alpha)
-        bleu = score(hypotheses, references)["bleu"]
+        bleu = score(hypotheses, references, lowercase=tokenizers.lowercase)["bleu"]
         log.info("val, beam%d, length penalty %g: BLEU %.2f (%.1f s)", cfg.decode.beam_size, alpha, bleu, seconds)
         sweep.append({"length_penalty": float(alpha), "val_bleu": bleu})
 
@@ -123,6 +127,10 @@ def run(cfg, paths: Paths) -> dict:
     beam_size = cfg.decode.beam_size
 
     metrics, samples, attention_inputs = {}, "", []
+    if tokenizers.lowercase:
+        metrics["tokenizer_lowercase"] = True
+        log.info("the tokenizer lowercases its input, so the hypotheses are lowercase; cased BLEU and chrF score "
+                 "them against cased references, compare models by bleu_lc_tok")
     length_penalty = cfg.decode.length_penalty
     if cfg.evaluate.get("length_penalty_grid"):
         length_penalty, sweep = tune_length_penalty(model, tokenizers, cfg, paths)

@@ -2,7 +2,9 @@
 
 Output: ``data/tokenizer/``. With ``tokenizer.joint`` (the default) it contains one model trained on both sides,
 ``spm.model`` and ``spm.vocab``; otherwise one model per side trained on that side only, ``spm.src.model``
-and ``spm.tgt.model`` (each with its ``.vocab``), each with at most ``tokenizer.vocab_size`` pieces.
+and ``spm.tgt.model`` (each with its ``.vocab``), each with at most ``tokenizer.vocab_size`` pieces. With
+``tokenizer.lowercase`` the models are trained on lowercased text and the folder also gets ``tokenizer.json``,
+which makes every later use of them lowercase its input.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from nmt.config import Paths
 from nmt.data.parallel import read_lines
 from nmt.io import atomic_dir
 from nmt.stages.common import run_stage
-from nmt.tokenizer import JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL, Tokenizer, train_sentencepiece
+from nmt.tokenizer import JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL, Tokenizer, train_sentencepiece, write_settings
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ def run(cfg, paths: Paths) -> None:
     tok = cfg.tokenizer
     source = read_lines(paths.split_file("train", cfg.data.src_lang))
     target = read_lines(paths.split_file("train", cfg.data.tgt_lang))
+    if tok.lowercase:
+        source, target = [line.lower() for line in source], [line.lower() for line in target]
 
     with atomic_dir(paths.tokenizer_dir) as out:
+        write_settings(out, tok.lowercase)
         if tok.joint:
             train_model(tok, source + target, out / JOINT_MODEL)
         else:

@@ -38,7 +38,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from nmt.config import Paths
-from nmt.evaluation import score
 from nmt.io import atomic_dir, atomic_path
 from nmt.loss import sequence_loss
 from nmt.plots import plot_grad_norms
@@ -261,7 +260,7 @@ def validation_scores(model, datamodule: TranslationDataModule, validation: Vali
     scores = {"val_loss": round(validation_loss(model, datamodule), 4), "val_bleu": None}
     if validation.bleu:
         hypotheses = validation.translate(model, validation.sources)   # greedy decoding runs in inference mode
-        scores["val_bleu"] = score(hypotheses, validation.references)["bleu"]
+        scores["val_bleu"] = validation.corpus_bleu(hypotheses)
     return scores
 
 

@@ -49,10 +49,11 @@ class GradNormLogger(L.Callback):
 class ValidationTranslations(L.Callback):
     """At every validation, decode validation sentences greedily: log a few as samples and, optionally, BLEU.
 
-    With ``bleu`` true the whole validation split (``sources``) is decoded and its corpus BLEU (cased,
-    detokenized sacrebleu) is logged as ``val/bleu``, which ``ModelCheckpoint`` and early stopping can
-    monitor. Every rank decodes the whole split, so the monitored value is the same on all of them. The first
-    ``samples`` sentences are logged as a text artifact by rank 0.
+    With ``bleu`` true the whole validation split (``sources``) is decoded and its corpus BLEU (detokenized
+    sacrebleu; cased, or lowercased when the tokenizers lowercase their input) is logged as ``val/bleu``,
+    which ``ModelCheckpoint`` and early stopping can monitor. Every rank decodes the whole split, so the
+    monitored value is the same on all of them. The first ``samples`` sentences are logged as a text artifact
+    by rank 0.
     """
 
     def __init__(self, sources: list[str], references: list[str], tokenizers, decode_cfg, samples: int,
@@ -74,6 +75,10 @@ class ValidationTranslations(L.Callback):
             max_len_b=self.decode_cfg.max_len_b,
         )
 
+    def corpus_bleu(self, hypotheses: list[str]) -> float:
+        """BLEU of validation hypotheses; a model trained on lowercased text is scored against lowercased references."""
+        return score(hypotheses, self.references, lowercase=self.tokenizers.lowercase)["bleu"]
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self.sources:
             return
@@ -87,7 +92,7 @@ class ValidationTranslations(L.Callback):
         pl_module.train(was_training)
 
         if self.bleu:
-            bleu = score(hypotheses, self.references)["bleu"]
+            bleu = self.corpus_bleu(hypotheses)
             pl_module.log("val/bleu", bleu, prog_bar=True, sync_dist=False)
             log.info("epoch %d, step %d: validation BLEU %.2f (greedy, %d sentences in %.1f s)",
                      trainer.current_epoch, trainer.global_step, bleu, len(hypotheses), time.perf_counter() - started)

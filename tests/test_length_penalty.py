@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from nmt.data.parallel import read_lines
 from nmt.stages import evaluate, train
 from nmt.stages import references as references_stage
+from nmt.tokenizer import load_tokenizers
 from tiny_project import new_project, prepared_folder, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,8 @@ def test_selection_prefers_higher_val_bleu(evaluated, monkeypatch):
     monkeypatch.setattr(evaluate, "decode", fake_decode)
     cfg = tiny_config(evaluated["prepared"], "decode.beam_size=3", "evaluate.length_penalty_grid=[0.0,3.0,1.0]")
 
-    selected, sweep = evaluate.tune_length_penalty(None, None, cfg, paths)
+    tokenizers = load_tokenizers(paths.tokenizer_dir)   # cased: the sweep scores cased BLEU
+    selected, sweep = evaluate.tune_length_penalty(None, tokenizers, cfg, paths)
 
     assert selected == 1.0
     bleu = {point["length_penalty"]: point["val_bleu"] for point in sweep}

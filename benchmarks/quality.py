@@ -56,12 +56,12 @@ def check_recipe(project: Path, experiment: str, params: dict) -> None:
     for group, key in (("data", "name"), ("model", "name"), ("model", "d_model"), ("optim", "lr"),
                        ("optim", "cooldown_fraction"), ("trainer", "max_time_minutes"),
                        ("evaluate", "length_penalty_grid"), ("tokenizer", "lowercase")):
-        # Keys added to conf/ after a run was made are absent from its params.yaml: both sides read them as unset.
-        used, wanted = params[group].get(key), expected[group].get(key)
-        if bool(used) != bool(wanted) or (used and used != wanted):
+        # A run made before a key was added to conf/ has no such key in its params.yaml, so a missing key is unset.
+        run_value, recipe_value = params[group].get(key), expected[group].get(key)
+        if bool(run_value) != bool(recipe_value) or (run_value and run_value != recipe_value):
             raise SystemExit(
-                f"{project}/params.yaml has {group}.{key}={used!r}, but experiment={experiment} sets "
-                f"{wanted!r}; pass the experiment that produced this run, or rerun it with "
+                f"{project}/params.yaml has {group}.{key}={run_value!r}, but experiment={experiment} sets "
+                f"{recipe_value!r}; pass the experiment that produced this run, or rerun it with "
                 f"dvc exp run -S experiment={experiment}"
             )
 

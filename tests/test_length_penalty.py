@@ -87,7 +87,8 @@ def test_selection_prefers_higher_val_bleu(evaluated, monkeypatch):
     monkeypatch.setattr(evaluate, "decode", fake_decode)
     cfg = tiny_config(evaluated["prepared"], "decode.beam_size=3", "evaluate.length_penalty_grid=[0.0,3.0,1.0]")
 
-    tokenizers = load_tokenizers(paths.tokenizer_dir)   # cased: the sweep scores cased BLEU
+    # The project's tokenizer is cased, so the sweep scores cased BLEU.
+    tokenizers = load_tokenizers(paths.tokenizer_dir)
     selected, sweep = evaluate.tune_length_penalty(None, tokenizers, cfg, paths)
 
     assert selected == 1.0

@@ -72,8 +72,8 @@ def test_hypotheses_are_lowercase(lowercased):
     assert all(0 <= metrics[test_set]["bleu_lc_tok"] <= 100 for test_set in ("test_2016_flickr", "test_2017_flickr"))
 
 
-def test_validation_bleu_is_lowercased_for_a_lowercasing_tokenizer(lowercased):
-    """val/bleu of a lowercasing model ignores case; with a cased tokenizer the same hypotheses lose BLEU."""
+def test_val_bleu_ignores_case(lowercased):
+    """val/bleu of a lowercasing model ignores case. With a cased tokenizer the same hypotheses score lower."""
     hypotheses = [reference.lower() for reference in REFERENCES]
     cased_folder = lowercased["prepared"] / "data" / "tokenizer"
 
@@ -108,8 +108,8 @@ def test_datamodule_rejects_lowercase_mismatch(lowercased):
 
 @pytest.mark.parametrize("content, problem", [
     ("{not json", "is not valid JSON"),
-    ('{"lowercase": "yes"}', 'must be a JSON object like {"lowercase": true}'),
-    ("[true]", 'must be a JSON object like {"lowercase": true}'),
+    ('{"lowercase": "yes"}', 'is invalid: expected a JSON object like {"lowercase": true}'),
+    ("[true]", 'is invalid: expected a JSON object like {"lowercase": true}'),
 ])
 def test_bad_settings_file_named(tmp_path, content, problem):
     (tmp_path / SETTINGS_FILE).write_text(content, encoding="utf-8")
@@ -117,7 +117,7 @@ def test_bad_settings_file_named(tmp_path, content, problem):
         load_tokenizers(tmp_path)
 
 
-def test_german_sharp_s_survives_lowercasing(data_dir, tmp_path):
+def test_lowercasing_keeps_sharp_s(data_dir, tmp_path):
     """Python's lowercasing keeps 'ß' (Unicode case folding would write 'ss'), as the official references do."""
     lines = [line.lower() for line in read_lines(data_dir / "train.de.gz")[:400]]
     assert any("ß" in line for line in lines)

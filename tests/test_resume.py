@@ -49,7 +49,8 @@ class CrashAtStep(L.Callback):
 
 
 class SlowSteps(L.Callback):
-    """Sleep ``seconds`` after each optimizer step up to ``last_step``, so that they use a known share of the time budget."""
+    """Sleep ``seconds`` after each optimizer step up to ``last_step``, so that those steps use a known share of
+    the time budget."""
 
     def __init__(self, seconds: float, last_step: int) -> None:
         self.seconds = seconds

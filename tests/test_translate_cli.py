@@ -216,8 +216,8 @@ def test_trace_needs_text(translator, monkeypatch, capsys):
     assert "--trace" in capsys.readouterr().err
 
 
-def test_lowercasing_tokenizer_rejected_for_cased_model(translator, tmp_path, capsys):
-    """The checkpoint was trained on text as written; a tokenizer folder that lowercases its input is refused."""
+def test_lowercasing_tokenizer_rejected(translator, tmp_path, capsys):
+    """The checkpoint was trained on text as written, so a tokenizer folder that lowercases its input is rejected."""
     from pathlib import Path
 
     from nmt.tokenizer import SETTINGS_FILE, write_settings

@@ -15,9 +15,9 @@ with ``byte_fallback``, which encodes them as UTF-8 byte pieces that decode back
 
 A tokenizer folder has either one joint model for both languages (``spm.model``, needed for tied
 embeddings) or one model per side (``spm.src.model`` and ``spm.tgt.model``); ``load_tokenizers`` reads
-either as a ``TokenizerPair``. A folder trained on lowercased text also holds ``tokenizer.json`` with
-``{"lowercase": true}``: its tokenizers lowercase every sentence before encoding it, so the model only ever
-sees and produces lowercase text. Without that file the text is encoded as it is.
+either as a ``TokenizerPair``. A folder trained on lowercased text also contains ``tokenizer.json`` with
+``{"lowercase": true}``. Its tokenizers lowercase every sentence before encoding it, so the model reads and
+writes lowercase text only. Without that file the text is encoded unchanged.
 """
 
 from __future__ import annotations
@@ -204,8 +204,8 @@ def read_settings(folder: str | Path) -> dict:
         ) from None
     if not isinstance(settings, dict) or not isinstance(settings.get("lowercase"), bool):
         raise ValueError(
-            f'{path} must be a JSON object like {{"lowercase": true}}, not {settings!r}; rerun the tokenizer stage '
-            "(dvc repro tokenizer)"
+            f'{path} is invalid: expected a JSON object like {{"lowercase": true}}, found {settings!r}; rerun the '
+            "tokenizer stage (dvc repro tokenizer)"
         )
     return settings
 

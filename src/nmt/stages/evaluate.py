@@ -3,8 +3,8 @@
 Each test set is decoded twice: with beam search (``decode.beam_size``, the primary result) and greedily.
 With ``evaluate.length_penalty_grid`` set, beam search uses the value of that grid with the highest BLEU on
 the validation split in place of ``decode.length_penalty``. A model trained on lowercased text
-(``tokenizer.lowercase``) writes lowercase hypotheses: its ``bleu`` and ``chrf`` are still scored against the
-cased references, so only ``bleu_lc_tok`` compares with a cased model; metrics.json then has
+(``tokenizer.lowercase``) writes lowercase hypotheses. Their ``bleu`` and ``chrf`` are still scored against
+the cased references, so only ``bleu_lc_tok`` compares with a cased model, and metrics.json then contains
 ``"tokenizer_lowercase": true``.
 Outputs: ``reports/metrics.json`` (DVC metrics), ``reports/samples.md`` and ``reports/attention_<n>.png``
 (encoder-decoder attention of a few test sentences), written to temporary names and renamed together once
@@ -81,9 +81,9 @@ def decode_and_score(model, tokenizers, cfg, sources, references, tokenized_refe
 def tune_length_penalty(model, tokenizers, cfg, paths: Paths) -> tuple[float, list[dict]]:
     """Beam-decode the validation split with each alpha of ``evaluate.length_penalty_grid``.
 
-    Returns the alpha with the highest BLEU (a tie goes to the one listed first; lowercased BLEU for a model
-    trained on lowercased text) and the sweep as
-    ``[{"length_penalty": alpha, "val_bleu": bleu}, ...]`` in grid order.
+    Returns the alpha with the highest BLEU (a tie goes to the one listed first) and the sweep as
+    ``[{"length_penalty": alpha, "val_bleu": bleu}, ...]`` in grid order. A model trained on lowercased text
+    is scored with lowercased BLEU.
     """
     src_path = paths.split_file("val", cfg.data.src_lang)
     ref_path = paths.split_file("val", cfg.data.tgt_lang)
@@ -129,8 +129,8 @@ def run(cfg, paths: Paths) -> dict:
     metrics, samples, attention_inputs = {}, "", []
     if tokenizers.lowercase:
         metrics["tokenizer_lowercase"] = True
-        log.info("the tokenizer lowercases its input, so the hypotheses are lowercase; cased BLEU and chrF score "
-                 "them against cased references, compare models by bleu_lc_tok")
+        log.info("the tokenizer lowercases its input, so the hypotheses are lowercase. Cased BLEU and chrF score "
+                 "them against cased references, so compare models by bleu_lc_tok")
     length_penalty = cfg.decode.length_penalty
     if cfg.evaluate.get("length_penalty_grid"):
         length_penalty, sweep = tune_length_penalty(model, tokenizers, cfg, paths)

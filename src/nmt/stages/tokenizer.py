@@ -41,7 +41,8 @@ def run(cfg, paths: Paths) -> None:
     source = read_lines(paths.split_file("train", cfg.data.src_lang))
     target = read_lines(paths.split_file("train", cfg.data.tgt_lang))
     if tok.lowercase:
-        source, target = [line.lower() for line in source], [line.lower() for line in target]
+        source = [line.lower() for line in source]
+        target = [line.lower() for line in target]
 
     with atomic_dir(paths.tokenizer_dir) as out:
         write_settings(out, tok.lowercase)

@@ -50,8 +50,8 @@ class ValidationTranslations(L.Callback):
     """At every validation, decode validation sentences greedily: log a few as samples and, optionally, BLEU.
 
     With ``bleu`` true the whole validation split (``sources``) is decoded and its corpus BLEU (detokenized
-    sacrebleu; cased, or lowercased when the tokenizers lowercase their input) is logged as ``val/bleu``,
-    which ``ModelCheckpoint`` and early stopping can monitor. Every rank decodes the whole split, so the
+    sacrebleu, cased unless the tokenizers lowercase their input) is logged as ``val/bleu``, which
+    ``ModelCheckpoint`` and early stopping can monitor. Every rank decodes the whole split, so the
     monitored value is the same on all of them. The first ``samples`` sentences are logged as a text artifact
     by rank 0.
     """
@@ -76,7 +76,7 @@ class ValidationTranslations(L.Callback):
         )
 
     def corpus_bleu(self, hypotheses: list[str]) -> float:
-        """BLEU of validation hypotheses; a model trained on lowercased text is scored against lowercased references."""
+        """Return the corpus BLEU of validation hypotheses, lowercased when the tokenizers lowercase their input."""
         return score(hypotheses, self.references, lowercase=self.tokenizers.lowercase)["bleu"]
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -67,11 +67,12 @@ class TranslationDataModule(L.LightningDataModule):
                 f"tokenizer.joint={str(cfg.tokenizer.joint).lower()}, but {paths.tokenizer_dir} has {layout}; "
                 "rerun the tokenizer stage (dvc repro tokenizer)"
             )
-        if self.tokenizers.lowercase != bool(cfg.tokenizer.get("lowercase", False)):
+        lowercase = bool(cfg.tokenizer.get("lowercase", False))
+        if self.tokenizers.lowercase != lowercase:
             trained = "lowercased text" if self.tokenizers.lowercase else "text as written"
             raise ConfigError(
-                f"tokenizer.lowercase={str(cfg.tokenizer.get('lowercase', False)).lower()}, but "
-                f"{paths.tokenizer_dir} was trained on {trained}; rerun the tokenizer stage (dvc repro tokenizer)"
+                f"tokenizer.lowercase={str(lowercase).lower()}, but {paths.tokenizer_dir} was trained on {trained}; "
+                "rerun the tokenizer stage (dvc repro tokenizer)"
             )
         self.examples: dict[str, list] = {}
         self.sentences: dict[str, tuple[list[str], list[str]]] = {}

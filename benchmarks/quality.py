@@ -157,6 +157,9 @@ def markdown(report: dict) -> str:
             f"- Validation BLEU (greedy): best checkpoint {entry['best_val_bleu']}, averaged weights "
             f"{entry['average_val_bleu']}; evaluated `{entry['checkpoint']}`.",
         ]
+        if entry["config"].get("tokenizer_lowercase"):
+            lines.append("- Trained on lowercased text (`tokenizer.lowercase`): its `bleu` scores lowercase output against "
+                         "cased references, so only `bleu_lc_tok` compares with a cased run.")
         if entry.get("length_penalty_sweep"):
             sweep = ", ".join(f"{point['length_penalty']:g}: {point['val_bleu']:.2f}"
                               for point in entry["length_penalty_sweep"])

@@ -59,7 +59,7 @@ def test_tiny_model_learns_number_translation(tmp_path, monkeypatch):
             "train.val_samples=4",
             "trainer.precision=32-true",
             "trainer.max_epochs=80",
-            "trainer.max_time_minutes=3",   # a safety limit; the target loss stops the run first
+            "trainer.max_time_minutes=3",   # only a safety limit, because the target loss stops the run first
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         ],
         CONF_DIR,

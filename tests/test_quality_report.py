@@ -13,6 +13,7 @@ from nmt.config import compose
 
 @pytest.fixture(scope="module")
 def quality():
+    """Load benchmarks/quality.py as a module, because benchmarks/ is not a package."""
     spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -24,7 +25,7 @@ def recipe_params(experiment: str) -> dict:
     return OmegaConf.to_container(compose([f"experiment={experiment}"], CONF_DIR), resolve=True)
 
 
-def entry(lowercase: bool) -> dict:
+def quality_entry(lowercase: bool) -> dict:
     """Return a quality.json entry of an en->de run, trained on lowercased text or not."""
     config = {"model": "tiny", "lr": 0.005}
     if lowercase:
@@ -40,11 +41,11 @@ def entry(lowercase: bool) -> dict:
 
 
 @pytest.mark.parametrize("experiment", ["multi30k_en_de", "multi30k_en_fr"])
-def test_recipe_check_accepts_the_recipe(quality, experiment):
+def test_recipe_check_accepts_recipe(quality, experiment):
     quality.check_recipe(REPO, experiment, recipe_params(experiment))
 
 
-def test_recipe_check_names_a_lowercase_mismatch(quality):
+def test_recipe_check_names_lowercase_mismatch(quality):
     params = recipe_params("multi30k_en_de")
     assert params["tokenizer"]["lowercase"] is True
 
@@ -52,16 +53,16 @@ def test_recipe_check_names_a_lowercase_mismatch(quality):
     with pytest.raises(SystemExit, match=r"tokenizer\.lowercase=False, but experiment=multi30k_en_de sets True"):
         quality.check_recipe(REPO, "multi30k_en_de", params)
 
-    del params["tokenizer"]["lowercase"]   # a run made before the key existed
+    del params["tokenizer"]["lowercase"]   # A run made before the key existed has no such key.
     with pytest.raises(SystemExit, match=r"tokenizer\.lowercase=None"):
         quality.check_recipe(REPO, "multi30k_en_de", params)
 
 
-def test_markdown_marks_a_lowercase_run(quality):
-    lowercase = quality.markdown({"multi30k_en_de": entry(lowercase=True)})
-    assert "tokenizer_lowercase True" in lowercase
-    assert "Trained on lowercased text" in lowercase
-    assert "| multi30k_en_de | `multi30k_en_de` | 41.2 | 41.0 (met) | 35.1 |" in lowercase
+def test_markdown_marks_lowercase_run(quality):
+    lowercase_report = quality.markdown({"multi30k_en_de": quality_entry(lowercase=True)})
+    assert "tokenizer_lowercase True" in lowercase_report
+    assert "Trained on lowercased text" in lowercase_report
+    assert "| multi30k_en_de | `multi30k_en_de` | 41.2 | 41.0 (met) | 35.1 |" in lowercase_report
 
-    cased = quality.markdown({"multi30k_en_de": entry(lowercase=False)})
-    assert "lowercase" not in cased.split("## multi30k_en_de")[1]
+    cased_report = quality.markdown({"multi30k_en_de": quality_entry(lowercase=False)})
+    assert "lowercase" not in cased_report.split("## multi30k_en_de")[1]
